@@ -1,0 +1,142 @@
+"""Sentence-transformers input module for VLM2GeoVec (remote code, copied into every checkpoint).
+
+``SentenceTransformer(path, trust_remote_code=True).encode(items)`` takes the same items as the processor:
+strings, images, dicts with ``image``/``text``/``bbox``/``coords`` and lists of parts. A *batch* is a list,
+so a single part list is encoded as ``encode([[image, "text", {"bbox": box}]])``. ST prompts (``prompts``,
+``encode_query``/``encode_document``) become the item's instruction.
+
+The module holds the HF model and processor and saves them in the checkpoint root, so one folder serves
+``AutoModel``/``AutoProcessor`` and ``SentenceTransformer`` alike, with identical embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers.base.modules.input_module import InputModule
+
+try:  # as remote code, next to the other checkpoint files
+    from .modeling_vlm2geovec import VLM2GeoVecModel
+    from .processing_vlm2geovec import VLM2GeoVecProcessor, estimate_item_tokens
+except ImportError:  # installed as top-level modules
+    from modeling_vlm2geovec import VLM2GeoVecModel
+    from processing_vlm2geovec import VLM2GeoVecProcessor, estimate_item_tokens
+
+REMOTE_CODE_FILES = ("modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py")
+MODEL_AUTO_MAP = {
+    "AutoConfig": "modeling_vlm2geovec.VLM2GeoVecConfig",
+    "AutoModel": "modeling_vlm2geovec.VLM2GeoVecModel",
+}
+PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_vlm2geovec.VLM2GeoVecProcessor"}
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+
+
+def write_remote_code(output_path: str | os.PathLike) -> None:
+    """Copy the three remote-code files beside a checkpoint and point its configs at them."""
+    output_path = Path(output_path)
+    source_dir = Path(__file__).resolve().parent
+    for name in REMOTE_CODE_FILES:
+        source = source_dir / name
+        if not source.is_file():
+            raise FileNotFoundError(f"remote-code file {source} is missing; cannot write a loadable checkpoint")
+        if source.resolve() != (output_path / name).resolve():
+            shutil.copyfile(source, output_path / name)
+    _merge_json(output_path / "config.json", {"auto_map": MODEL_AUTO_MAP})
+    _merge_json(output_path / "processor_config.json", {"auto_map": PROCESSOR_AUTO_MAP})
+
+
+def _merge_json(path: Path, update: dict[str, Any]) -> None:
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.update(update)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class VLM2GeoVecEmbedder(InputModule):
+    """Sentence-transformers module wrapping ``VLM2GeoVecModel`` + ``VLM2GeoVecProcessor``.
+
+    Args:
+        model: a loaded VLM2GeoVec model.
+        processor: its processor.
+    """
+
+    config_file_name = "sentence_vlm2geovec_config.json"
+    config_keys: list[str] = []
+    save_in_root = True
+
+    def __init__(self, model: VLM2GeoVecModel, processor: VLM2GeoVecProcessor):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+
+    @property
+    def modalities(self) -> list:
+        return ["text", "image", ("image", "text")]
+
+    # ST sorts inputs by `BaseModel._input_length` before batching; for mixed image/text items a token
+    # estimate groups much better than characters + pixels, so install ours on the owning model.
+    def on_model_ready(self, model) -> None:
+        image_processor = self.processor.image_processor
+        model._input_length = lambda sample: estimate_item_tokens(sample, image_processor)
+
+    def preprocess(self, inputs: list[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
+        return dict(self.processor(items=list(inputs), instruction=prompt or None))
+
+    def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        model_inputs = {key: features[key] for key in MODEL_INPUT_KEYS if key in features}
+        output = self.model(**model_inputs)
+        features["sentence_embedding"] = output.embeddings.float()
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        config = self.model.config
+        return config.embedding_dim or config.text_config.hidden_size
+
+    get_sentence_embedding_dimension = get_embedding_dimension
+
+    @property
+    def max_seq_length(self) -> int | None:
+        return self.processor.max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int | None) -> None:
+        self.processor.max_length = value
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        self.processor.save_pretrained(output_path)
+        self.save_config(output_path)
+        write_remote_code(output_path)
+
+    @classmethod
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> "VLM2GeoVecEmbedder":
+        hub = dict(token=token, cache_dir=cache_folder, revision=revision, local_files_only=local_files_only)
+        if subfolder:
+            hub["subfolder"] = subfolder
+        # This file was loaded from the checkpoint, so its sibling classes are the checkpoint's own.
+        model = VLM2GeoVecModel.from_pretrained(model_name_or_path, **hub, **(config_kwargs or {}), **(model_kwargs or {}))
+        processor = VLM2GeoVecProcessor.from_pretrained(
+            model_name_or_path, trust_remote_code=trust_remote_code, **hub, **(processor_kwargs or {})
+        )
+        return cls(model, processor)
+
+
+__all__ = ["VLM2GeoVecEmbedder", "write_remote_code"]

@@ -1,0 +1,80 @@
+"""Shared fixtures: one nano model, processor and saved checkpoint per test session (tests get copies)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Never reach for the Hub, and keep transformers' remote-code cache out of the user's home.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_hf_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("hf_home")
+    old = os.environ.get("HF_HOME")
+    os.environ["HF_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("HF_HOME", None)
+    else:
+        os.environ["HF_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def _nano():
+    from vlm2geovec.checkpoint import build_nano
+
+    return build_nano(seed=0)
+
+
+@pytest.fixture
+def nano_model(_nano):
+    return copy.deepcopy(_nano[0])
+
+
+@pytest.fixture(scope="session")
+def processor(_nano):
+    return _nano[1]
+
+
+@pytest.fixture(scope="session")
+def nano_dir(_nano, tmp_path_factory):
+    from vlm2geovec.checkpoint import save_checkpoint
+
+    return save_checkpoint(_nano[0], _nano[1], tmp_path_factory.mktemp("nano") / "vlm2geovec-nano")
+
+
+def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A textured RGB image (smooth gradients + noise), deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / max(width, 1), y / max(height, 1), (x + y) / max(width + height, 1)], axis=-1)
+    pixels = np.clip(base * 200 + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="session")
+def images():
+    return [make_image(300, 200, 0), make_image(160, 240, 1), make_image(420, 420, 2)]
+
+
+def run_python(code: str, cwd: Path, env_extra: dict | None = None) -> str:
+    """Run code in a fresh interpreter (another process, another directory); return stdout."""
+    import subprocess
+
+    env = dict(os.environ, **(env_extra or {}))
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
