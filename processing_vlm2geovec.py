@@ -201,10 +201,29 @@ def _array_to_image(array: np.ndarray, field: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def load_image(value: Any, field: str = "image", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Turn a PIL image, path, bytes or array into a fully decoded RGB ``PIL.Image`` (or raise a clear error)."""
+def _decode(image: Image.Image, field: str, label: str) -> None:
+    """Decode now (lazily opened images included), refusing truncated data even if PIL is told to allow it."""
+    allow_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        image.load()
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
+        raise ValueError(f"{field}: cannot decode image from {label} (corrupt or truncated): {error}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+
+
+def load_image(
+    value: Any, field: str = "image", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, decode: bool = True
+) -> Image.Image:
+    """Turn a PIL image, path, bytes or array into a fully decoded RGB ``PIL.Image`` (or raise a clear error).
+
+    With ``decode=False`` only the header is read (size, mode): a cheap check for a whole dataset up front.
+    """
     if isinstance(value, Image.Image):
         image = value
+        if decode:
+            _decode(image, field, "the PIL image")
     elif isinstance(value, np.ndarray):
         image = _array_to_image(value, field)
     elif isinstance(value, (bytes, bytearray, str, os.PathLike)):
@@ -222,12 +241,14 @@ def load_image(value: Any, field: str = "image", max_image_pixels: int = DEFAULT
                 f"{field}: image {label} is {width}x{height} = {width * height:,} pixels, above the limit of "
                 f"{max_image_pixels:,}; cut it into tiles first"
             )
-        try:
-            # Never decode truncated files into half-grey images.
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            image.load()
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
-            raise ValueError(f"{field}: cannot decode image from {label} (corrupt or truncated): {error}") from None
+        if not decode:
+            if image.mode not in _CONVERTIBLE_MODES:
+                raise ValueError(
+                    f"{field}: image mode {image.mode!r} cannot be converted to RGB without losing data; "
+                    "scale it to 8 bits per channel first"
+                )
+            return image
+        _decode(image, field, label)
     else:
         raise TypeError(
             f"{field}: expected a PIL image, numpy array, bytes or file path, got {type(value).__name__}"
@@ -272,7 +293,7 @@ def _boxes(value: Any, field: str) -> list[Any]:
 
 
 def normalize_item(
-    item: Any, field: str = "item", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    item: Any, field: str = "item", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, decode_images: bool = True
 ) -> list[tuple[str, Any]]:
     """Validate one item and return its parts in rendering order.
 
@@ -342,7 +363,7 @@ def normalize_item(
     current_image_size: tuple[int, int] | None = None
     for kind, value, part_field in raw_parts:
         if kind == "image":
-            image = load_image(value, part_field, max_image_pixels)
+            image = load_image(value, part_field, max_image_pixels, decode=decode_images)
             current_image_size = image.size
             parts.append(("image", image))
         elif kind == "text":
@@ -353,6 +374,14 @@ def normalize_item(
         elif kind == "coords":
             parts.append(("coords", validate_coords(value, part_field)))
     return parts
+
+
+def check_items(
+    items: Sequence[Any], field: str = "inputs", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> None:
+    """Validate a whole list of items without decoding images (headers only); errors name the list index."""
+    for index, item in enumerate(items):
+        normalize_item(item, f"{field}[{index}]", max_image_pixels, decode_images=False)
 
 
 def render_content(parts: list[tuple[str, Any]], coord_precision: int = DEFAULT_COORD_PRECISION) -> str:
@@ -506,6 +535,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
             instruction: one instruction for the whole batch, or one per item (``None`` = default system prompt).
             text, images: the plain Qwen2-VL path: texts that already hold one ``<|image_pad|>`` per image.
         """
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors: only 'pt' (PyTorch) is supported, got {return_tensors!r}")
         if items is not None:
             if text is not None or images is not None:
                 raise ValueError("pass either items=... or text=/images=..., not both")
@@ -521,6 +552,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         """Validate a batch; every error names the item index and field."""
         if isinstance(items, (str, Mapping)) or _is_image_value(items):
             raise TypeError("items must be a list of items; wrap a single item in a list")
+        if len(items) == 0:
+            raise ValueError("items is empty: nothing to process")
         return [normalize_item(item, f"items[{i}]", self.max_image_pixels) for i, item in enumerate(items)]
 
     def render(self, items: Sequence[Any], instruction: str | Sequence[str | None] | None = None) -> list[str]:
@@ -537,9 +570,17 @@ class VLM2GeoVecProcessor(ProcessorMixin):
     ) -> BatchFeature:
         parts = self.normalize(items)
         instructions = self._instructions(instruction, len(parts))
-        texts = [render_item(p, ins, self.coord_precision) for p, ins in zip(parts, instructions)]
         images = [value for item_parts in parts for kind, value in item_parts if kind == "image"]
-        return self._tokenize(texts, images, return_tensors=return_tensors)
+        image_inputs, counts = self._process_images(images)
+        ids, cursor = [], 0
+        for index, (item_parts, ins) in enumerate(zip(parts, instructions)):
+            n_images = sum(1 for kind, _ in item_parts if kind == "image")
+            item_counts = counts[cursor : cursor + n_images]
+            cursor += n_images
+            ids.append(self._fit_item(item_parts, ins, item_counts, f"items[{index}]"))
+        batch = self._pad(ids)
+        batch.update(image_inputs)
+        return BatchFeature(batch)
 
     # -- internals --------------------------------------------------------------------------------------------
     @staticmethod
@@ -574,43 +615,70 @@ class VLM2GeoVecProcessor(ProcessorMixin):
             fitted.append(image)
         return fitted
 
+    def _process_images(self, images: list[Image.Image]) -> tuple[dict[str, Any], list[int]]:
+        """Pixel values for all images of a batch, and the number of pad tokens each image needs."""
+        if not images:
+            return {}, []
+        image_inputs = dict(self.image_processor(images=self._fit_images(images), return_tensors="pt"))
+        merge = self.image_processor.merge_size**2
+        return image_inputs, (image_inputs["image_grid_thw"].prod(-1) // merge).tolist()
+
+    @staticmethod
+    def _expand_image_pads(text: str, counts: Sequence[int]) -> str:
+        chunks = text.split(IMAGE_TOKEN)
+        if len(chunks) - 1 != len(counts):
+            raise ValueError(f"text holds {len(chunks) - 1} {IMAGE_TOKEN} placeholders but {len(counts)} images were given")
+        return chunks[0] + "".join(IMAGE_TOKEN * n + chunk for n, chunk in zip(counts, chunks[1:]))
+
+    def _token_ids(self, item_parts, instruction, counts) -> list[int]:
+        text = self._expand_image_pads(render_item(item_parts, instruction, self.coord_precision), counts)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _fit_item(self, item_parts, instruction, counts, field: str) -> list[int]:
+        """Token ids of one item; over ``max_length``, text parts are shortened, last first.
+
+        Only free text is cut: image tokens, boxes, coordinates and the chat frame stay whole.
+        """
+        ids = self._token_ids(item_parts, instruction, counts)
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids
+        item_parts = list(item_parts)
+        text_positions = [i for i, (kind, _) in enumerate(item_parts) if kind == "text"]
+        for position in reversed(text_positions):
+            # Re-tokenising a shortened text can merge tokens differently; a few rounds settle it.
+            for _ in range(4):
+                excess = len(ids) - self.max_length
+                if excess <= 0:
+                    return ids
+                text_ids = self.tokenizer(item_parts[position][1], add_special_tokens=False)["input_ids"]
+                keep = max(1, len(text_ids) - excess)
+                item_parts[position] = ("text", self.tokenizer.decode(text_ids[:keep]))
+                ids = self._token_ids(item_parts, instruction, counts)
+                if keep == 1:
+                    break
+        if len(ids) <= self.max_length:
+            return ids
+        n_image = sum(counts)
+        raise ValueError(
+            f"{field}: needs {len(ids)} tokens ({n_image} for images) even with its text shortened, but max_length "
+            f"is {self.max_length}; image tokens, boxes and coordinates are never truncated: raise max_length or "
+            "lower the image pixel budget"
+        )
+
     def _tokenize(self, texts: list[str], images: list[Image.Image], return_tensors: str = "pt") -> BatchFeature:
+        """The plain Qwen2-VL path: expand each ``<|image_pad|>`` and tokenize (no truncation)."""
         n_placeholders = sum(t.count(IMAGE_TOKEN) for t in texts)
         if n_placeholders != len(images):
             raise ValueError(f"texts hold {n_placeholders} {IMAGE_TOKEN} placeholders but {len(images)} images were given")
-        image_inputs: dict[str, Any] = {}
-        if images:
-            image_inputs = dict(self.image_processor(images=self._fit_images(images), return_tensors="pt"))
-            merge = self.image_processor.merge_size**2
-            counts = iter((image_inputs["image_grid_thw"].prod(-1) // merge).tolist())
-            expanded = []
-            for t in texts:
-                chunks = t.split(IMAGE_TOKEN)
-                out = chunks[0]
-                for chunk in chunks[1:]:
-                    out += IMAGE_TOKEN * next(counts) + chunk
-                expanded.append(out)
-            texts = expanded
-        ids = [self._truncate(self.tokenizer(t, add_special_tokens=False)["input_ids"], t) for t in texts]
+        image_inputs, counts = self._process_images(images)
+        ids, cursor = [], 0
+        for t in texts:
+            n = t.count(IMAGE_TOKEN)
+            ids.append(self.tokenizer(self._expand_image_pads(t, counts[cursor : cursor + n]), add_special_tokens=False)["input_ids"])
+            cursor += n
         batch = self._pad(ids)
         batch.update(image_inputs)
-        return BatchFeature(batch, tensor_type=None if return_tensors == "pt" else return_tensors)
-
-    def _truncate(self, ids: list[int], text: str) -> list[int]:
-        if self.max_length is None or len(ids) <= self.max_length:
-            return ids
-        n_image = sum(1 for i in ids if i == self.image_token_id)
-        # Keep the frame's tail (<|im_end|>\n<|endoftext|>) and cut the text just before it.
-        tail = self.tokenizer("<|im_end|>\n" + EMBED_TOKEN, add_special_tokens=False)["input_ids"]
-        head = ids[: len(ids) - len(tail)]
-        excess = len(ids) - self.max_length
-        last_vision_end = max((i for i, t in enumerate(head) if t == self.image_token_id), default=-1)
-        if len(head) - excess <= last_vision_end + 1:
-            raise ValueError(
-                f"item needs {len(ids)} tokens ({n_image} for images) but max_length is {self.max_length}; "
-                "image tokens are never truncated: raise max_length or lower the image pixel budget"
-            )
-        return head[: len(head) - excess] + tail
+        return BatchFeature(batch)
 
     def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.embed_token_id
@@ -642,4 +710,5 @@ __all__ = [
     "normalize_item",
     "render_item",
     "estimate_item_tokens",
+    "check_items",
 ]

@@ -22,10 +22,10 @@ from sentence_transformers.base.modules.input_module import InputModule
 
 try:  # as remote code, next to the other checkpoint files
     from .modeling_vlm2geovec import VLM2GeoVecModel
-    from .processing_vlm2geovec import VLM2GeoVecProcessor, estimate_item_tokens
+    from .processing_vlm2geovec import VLM2GeoVecProcessor, check_items, estimate_item_tokens
 except ImportError:  # installed as top-level modules
     from modeling_vlm2geovec import VLM2GeoVecModel
-    from processing_vlm2geovec import VLM2GeoVecProcessor, estimate_item_tokens
+    from processing_vlm2geovec import VLM2GeoVecProcessor, check_items, estimate_item_tokens
 
 REMOTE_CODE_FILES = ("modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py")
 MODEL_AUTO_MAP = {
@@ -56,6 +56,28 @@ def _merge_json(path: Path, update: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+class _TokenEstimate:
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+
+    def __call__(self, sample: Any) -> int:
+        return estimate_item_tokens(sample, self.image_processor)
+
+
+class _CheckedEncode:
+    """`SentenceTransformer.encode` preceded by a check of all inputs (picklable, unlike a closure)."""
+
+    def __init__(self, model, max_image_pixels: int):
+        self.model = model
+        self.max_image_pixels = max_image_pixels
+
+    def __call__(self, inputs, *args, **kwargs):
+        batch = [inputs] if self.model.is_singular_input(inputs) else inputs
+        if isinstance(batch, (list, tuple)):
+            check_items(batch, "inputs", self.max_image_pixels)
+        return type(self.model).encode(self.model, inputs, *args, **kwargs)
+
+
 class VLM2GeoVecEmbedder(InputModule):
     """Sentence-transformers module wrapping ``VLM2GeoVecModel`` + ``VLM2GeoVecProcessor``.
 
@@ -76,13 +98,18 @@ class VLM2GeoVecEmbedder(InputModule):
 
     @property
     def modalities(self) -> list:
-        return ["text", "image", ("image", "text")]
+        # "message" lets sentence-transformers pass mixed batches (text items beside image items) through;
+        # our processor validates every item itself and rejects chat-style role/content dicts clearly.
+        return ["text", "image", ("image", "text"), "message"]
 
-    # ST sorts inputs by `BaseModel._input_length` before batching; for mixed image/text items a token
-    # estimate groups much better than characters + pixels, so install ours on the owning model.
     def on_model_ready(self, model) -> None:
-        image_processor = self.processor.image_processor
-        model._input_length = lambda sample: estimate_item_tokens(sample, image_processor)
+        # ST sorts inputs by `BaseModel._input_length` before batching; for mixed image/text items a token
+        # estimate groups much better than characters + pixels.
+        model._input_length = _TokenEstimate(self.processor.image_processor)
+        # ST preprocesses length-sorted batches, so a processor error would name a position in some batch.
+        # Check every input first (image headers only), so errors name the caller's own index.
+        if not isinstance(model.__dict__.get("encode"), _CheckedEncode):
+            model.encode = _CheckedEncode(model, self.processor.max_image_pixels)
 
     def preprocess(self, inputs: list[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
         return dict(self.processor(items=list(inputs), instruction=prompt or None))

@@ -1,0 +1,157 @@
+"""The model card: one template for the repository's `model_card.md` and every saved checkpoint's README.md.
+
+`model_card.md` at the repository root is `render_model_card()` with its defaults; a test keeps them equal.
+The rendered examples below are pinned by tests against the processor's real output.
+"""
+
+from __future__ import annotations
+
+TEMPLATE = """---
+library_name: sentence-transformers
+pipeline_tag: sentence-similarity
+license: apache-2.0
+tags:
+- remote-sensing
+- geospatial
+- multimodal-embedding
+- qwen2-vl
+- vlm2geovec
+{base_line}---
+
+# {name}
+
+VLM2GeoVec embeds **interleaved images, text, bounding boxes and geographic coordinates** into one vector
+space for remote sensing: a Qwen2-VL encoder whose last-token hidden state, L2-normalised, is the
+embedding (an open re-implementation of arXiv 2512.11490; the paper's weights are not released).
+
+## Load
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{repo}", trust_remote_code=True)
+vectors = model.encode([
+    {{"image": "tile.png", "bbox": [40, 60, 180, 200], "text": "the dead tree in the box"}},
+    {{"coords": (29.69, -81.99)}},
+    "a barrier island with a sandy beach",
+    [{{"image": "before.png"}}, "changed to", {{"image": "after.png"}}],   # a list of parts interleaves freely
+])
+
+from transformers import AutoModel, AutoProcessor
+model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
+embeddings = model(**processor(items=[{{"text": "a river delta"}}], instruction="Represent the text for retrieval.")).embeddings
+```
+
+Both paths give the same vectors (tested to 1e-5).
+
+## Input specification (input format version 1)
+
+An **item** is a string (text), an image, a dict with any of `image`, `text`, `bbox`, `coords`, or a list
+of parts (each a string, an image, or a one-key dict) to interleave freely. In `encode`, a list is the
+batch: a single part list is passed as `encode([[...]])`.
+
+| field | accepted | meaning |
+|---|---|---|
+| `image` | PIL image, file path, encoded bytes, `uint8` array (HxW, HxWx3, HxWx4) or float array in [0, 1] | converted to RGB; 16-bit and float-mode images are refused (scale them to 8 bits first) |
+| `text` | non-empty string | as is |
+| `bbox` | `[x1, y1, x2, y2]` or a list of them | pixels of the **nearest preceding image**, original size; `0 <= x1 < x2 <= width`, `0 <= y1 < y2 <= height` |
+| `coords` | `(lat, lon)` or `{{"lat": .., "lon": ..}}` | WGS84 degrees, **latitude first**; lat in [-90, 90], lon in [-180, 180] |
+
+A dict renders in the fixed order image, boxes, coordinates, text. Parts are joined with a newline,
+except that nothing is inserted right after an image. Every item becomes one Qwen2-VL chat turn —
+the instruction is the system message (Qwen2-VL's default system prompt when none is given) — followed by
+`<|endoftext|>`, whose final hidden state is the embedding.
+
+| part | rendered text |
+|---|---|
+| image | `<|vision_start|><|image_pad|>…<|image_pad|><|vision_end|>` (one pad per 28x28 pixels after resizing) |
+| box `[10, 20, 110, 220]` on a 400x400 image | `<|box_start|>(25,50),(275,550)<|box_end|>` (Qwen2-VL grounding: integers 0–1000 of the original width/height, rounded) |
+| coords `(29.69, -81.99)` | `29.6900°N, 81.9900°W` (4 decimals, about 11 m; hemisphere letters, no signs) |
+| coords `(-33.8568, 151.2153)` | `33.8568°S, 151.2153°E` |
+
+The full text of `{{"image": img, "bbox": [10, 20, 110, 220], "coords": (29.69, -81.99), "text": "a tree"}}`
+with instruction `Find the region.` (before the image pad is expanded):
+
+```
+<|im_start|>system
+Find the region.<|im_end|>
+<|im_start|>user
+<|vision_start|><|image_pad|><|vision_end|><|box_start|>(25,50),(275,550)<|box_end|>
+29.6900°N, 81.9900°W
+a tree<|im_end|>
+<|endoftext|>
+```
+
+and of the text-only item `"a harbour"` with no instruction:
+
+```
+<|im_start|>system
+You are a helpful assistant.<|im_end|>
+<|im_start|>user
+a harbour<|im_end|>
+<|endoftext|>
+```
+
+Invalid input (a box outside its image or with x2 <= x1, a box with no image before it, latitude outside
+[-90, 90], NaN or inf anywhere, unknown keys, empty items, unreadable or truncated images) raises a
+`ValueError`/`TypeError` naming the item and field before any model work. Images are resized to the
+processor's pixel budget (`image_processor.size["longest_edge"]`); images above `max_image_pixels`
+({max_image_pixels:,} by default) are refused before decoding — tile them.
+
+## Embedding
+
+| setting | value |
+|---|---|
+| pooling | `{pooling}`: hidden state of the final `<|endoftext|>` (correct for left and right padding) |
+| normalisation | {normalize} |
+| dimension | {dim} (Matryoshka truncation: `embedding_dim` in the config, or `truncate_dim` in sentence-transformers) |
+| similarity | cosine |
+
+## Training and evaluation
+
+{training}
+
+## Limitations
+
+- The input format (box and coordinate text) is this project's decision; the paper's is unpublished.
+- Coordinates are text: the model learns geography only from the data it is trained on.
+
+## Citation
+
+```bibtex
+@article{{vlm2geovec2025,
+  title   = {{VLM2GeoVec}},  % the abstract's short name; see arXiv for the full title
+  author  = {{S{{\\'a}}nchez Aimar, Emanuel and Zhambulova, Gulnaz and Khan, Fahad Shahbaz and Xu, Yonghao and Felsberg, Michael}},
+  journal = {{arXiv preprint arXiv:2512.11490}},
+  year    = {{2025}}
+}}
+```
+"""
+
+DEFAULT_TRAINING = (
+    "Not trained yet: this card describes the architecture and input format. Trained checkpoints fill in "
+    "their data, hyperparameters and RSMEB results here."
+)
+
+
+def render_model_card(
+    name: str = "VLM2GeoVec",
+    base: str | None = "Qwen/Qwen2-VL-2B-Instruct",
+    repo: str = "path/to/vlm2geovec",
+    pooling: str = "last",
+    normalize: bool = True,
+    dim: str = "the backbone's hidden size (1536 for Qwen2-VL-2B)",
+    training: str = DEFAULT_TRAINING,
+) -> str:
+    from processing_vlm2geovec import DEFAULT_MAX_IMAGE_PIXELS
+
+    return TEMPLATE.format(
+        name=name,
+        base_line=f"base_model: {base}\n" if base else "",
+        repo=repo,
+        pooling=pooling,
+        normalize="L2 (unit vectors)" if normalize else "none",
+        dim=dim,
+        training=training,
+        max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+    )
