@@ -292,6 +292,27 @@ def _boxes(value: Any, field: str) -> list[Any]:
     return [value]
 
 
+def _present(mapping: Mapping) -> dict:
+    # Rows from `datasets` struct columns carry None for absent fields: treat None as absent.
+    return {key: value for key, value in mapping.items() if value is not None}
+
+
+def _mapping_parts(present: dict, field: str) -> list[tuple[str, Any, str]]:
+    """Raw parts of a dict, in the fixed rendering order image, boxes, coordinates, text."""
+    parts = []
+    for kind in ("image", "bbox", "coords", "text"):
+        if kind not in present:
+            continue
+        value = present[kind]
+        if kind == "bbox":
+            boxes = _boxes(value, f"{field}.bbox")
+            nested = boxes[0] is not value
+            parts.extend(("bbox", box, f"{field}.bbox[{i}]" if nested else f"{field}.bbox") for i, box in enumerate(boxes))
+        else:
+            parts.append((kind, value, f"{field}.{kind}"))
+    return parts
+
+
 def normalize_item(
     item: Any, field: str = "item", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, decode_images: bool = True
 ) -> list[tuple[str, Any]]:
@@ -306,24 +327,13 @@ def normalize_item(
     elif _is_image_value(item):
         raw_parts.append(("image", item, field))
     elif isinstance(item, Mapping):
-        # Rows from `datasets` struct columns carry None for absent fields: treat None as absent.
-        present = {key: value for key, value in item.items() if value is not None}
+        present = _present(item)
         unknown = sorted(set(map(str, present)) - set(ITEM_KEYS))
         if unknown:
             raise ValueError(f"{field}: unknown key(s) {unknown}; an item may have {list(ITEM_KEYS)}")
         if not present:
             raise ValueError(f"{field}: empty item; give at least one of {list(ITEM_KEYS)}")
-        if "image" in present:
-            raw_parts.append(("image", present["image"], f"{field}.image"))
-        if "bbox" in present:
-            boxes = _boxes(present["bbox"], f"{field}.bbox")
-            nested = boxes[0] is not present["bbox"]
-            for i, box in enumerate(boxes):
-                raw_parts.append(("bbox", box, f"{field}.bbox[{i}]" if nested else f"{field}.bbox"))
-        if "coords" in present:
-            raw_parts.append(("coords", present["coords"], f"{field}.coords"))
-        if "text" in present:
-            raw_parts.append(("text", present["text"], f"{field}.text"))
+        raw_parts.extend(_mapping_parts(present, field))
     elif isinstance(item, (list, tuple)):
         if not item:
             raise ValueError(f"{field}: empty part list")
@@ -334,20 +344,13 @@ def normalize_item(
             elif _is_image_value(part):
                 raw_parts.append(("image", part, part_field))
             elif isinstance(part, Mapping):
-                present = {k: v for k, v in part.items() if v is not None}
+                present = _present(part)
                 if len(present) != 1 or next(iter(present)) not in ITEM_KEYS:
                     raise ValueError(
                         f"{part_field}: a part dict must have exactly one of the keys {list(ITEM_KEYS)}, "
                         f"got {sorted(map(str, part))}"
                     )
-                kind, value = next(iter(present.items()))
-                if kind == "bbox":
-                    boxes = _boxes(value, f"{part_field}.bbox")
-                    nested = boxes[0] is not value
-                    for j, box in enumerate(boxes):
-                        raw_parts.append(("bbox", box, f"{part_field}.bbox" + (f"[{j}]" if nested else "")))
-                else:
-                    raw_parts.append((kind, value, f"{part_field}.{kind}"))
+                raw_parts.extend(_mapping_parts(present, part_field))
             else:
                 raise TypeError(
                     f"{part_field}: a part must be a string, an image or a one-key dict, got {type(part).__name__}"

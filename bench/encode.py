@@ -1,0 +1,270 @@
+"""Encode throughput of VLM2GeoVec vs the floor: transformers' plain Qwen2-VL forward on the same batches.
+
+    python bench/encode.py --model nano --quick --json out/bench_encode.json          # CPU, nano
+    python bench/encode.py --model qwen2vl-2b-random --device cuda --json OUT.json    # GPU, real 2B cost
+
+`qwen2vl-2b-random` is a Qwen2-VL-2B-shaped model with random weights: the cost is the real one.
+The workload is a realistic remote-sensing mix (image-only tiles of several sizes, image+box,
+image+box+text, text-only captions, text+coordinates) built from the real NEON tiles in `examples/`.
+
+Reported, per batching order (length-sorted as our encode does, and arrival order):
+- preprocessing time (processor on the CPU) and its share of the end-to-end time;
+- model time of the floor (`Qwen2VLModel.forward`) and of ours (`VLM2GeoVecModel.forward`: + pooling),
+  items/s and real (unpadded) tokens/s, `ratio` = ours / floor throughput;
+- padding fraction, peak device memory;
+- end to end: `SentenceTransformer.encode` wall time, and its ratio to the floor's model time.
+Results go to `--json` and are appended to `bench/RESULTS.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+QWEN2VL_2B_TEXT = dict(
+    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+    num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+)
+QWEN2VL_2B_VISION = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
+# Tiles of 224..640 px: up to 28*28*529 pixels keeps a 640x640 tile whole (529 image tokens).
+QWEN2VL_2B_IMAGE_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 529}
+
+CAPTIONS = [
+    "dense conifer forest with a few dead standing trees",
+    "open sandhill with scattered longleaf pine crowns and bare sand between them",
+    "a tree",
+    "mixed woodland on a slope; shadows fall to the north-west and a dirt track crosses the lower left corner",
+    "bare ground",
+    "grassland with isolated shrubs",
+]
+
+
+def build_workload(n: int, seed: int = 0) -> list:
+    from PIL import Image
+
+    rng = random.Random(seed)
+    tiles = [Image.open(REPO / "examples" / "images" / name).convert("RGB") for name in ("OSBS_029.png", "SOAP_061.png")]
+    sizes = [224, 320, 400, 512, 640]
+    items = []
+    for i in range(n):
+        tile = tiles[i % len(tiles)]
+        side = rng.choice(sizes)
+        image = tile.resize((side, side if rng.random() < 0.7 else int(side * 0.75)))
+        width, height = image.size
+        x1, y1 = rng.randrange(0, width // 2), rng.randrange(0, height // 2)
+        box = [x1, y1, x1 + rng.randrange(16, width // 2), y1 + rng.randrange(16, height // 2)]
+        kind = i % 5
+        if kind == 0:
+            items.append({"image": image})
+        elif kind == 1:
+            items.append({"image": image, "bbox": box})
+        elif kind == 2:
+            items.append({"image": image, "bbox": box, "text": rng.choice(CAPTIONS)})
+        elif kind == 3:
+            items.append(" ".join(rng.choice(CAPTIONS) for _ in range(rng.randint(1, 4))))
+        else:
+            items.append({"coords": (rng.uniform(-60, 70), rng.uniform(-180, 180)), "text": rng.choice(CAPTIONS)})
+    return items
+
+
+def load(model_name: str, device: str, dtype: torch.dtype):
+    from modeling_vlm2geovec import VLM2GeoVecConfig, VLM2GeoVecModel
+    from vlm2geovec.checkpoint import build_nano, build_processor
+
+    if model_name == "nano":
+        model, processor = build_nano(seed=0)
+    elif model_name == "qwen2vl-2b-random":
+        config = VLM2GeoVecConfig(text_config=dict(QWEN2VL_2B_TEXT), vision_config=dict(QWEN2VL_2B_VISION))
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = VLM2GeoVecModel._from_config(config, dtype=dtype)
+        processor = build_processor(image_size=QWEN2VL_2B_IMAGE_SIZE)
+    else:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(model_name, trust_remote_code=True, device="cpu")
+        model, processor = st[0].model, st[0].processor
+    return model.to(device=device, dtype=dtype).eval(), processor
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_batches(processor, items, batch_size, order):
+    from processing_vlm2geovec import estimate_item_tokens
+
+    index = list(range(len(items)))
+    if order == "length":
+        index.sort(key=lambda i: -estimate_item_tokens(items[i], processor.image_processor))
+    start = time.perf_counter()
+    batches = [processor(items=[items[i] for i in index[s : s + batch_size]]) for s in range(0, len(index), batch_size)]
+    return batches, time.perf_counter() - start
+
+
+def run_forward(forward, batches, device, dtype):
+    sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            forward(inputs)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def measure(model, processor, items, batch_size, device, dtype, repeats):
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+
+    def floor(inputs):  # the plain transformers forward on the same weights
+        model.rope_deltas = None
+        return Qwen2VLModel.forward(model, **inputs, use_cache=False)
+
+    def ours(inputs):
+        return model(**inputs).embeddings
+
+    results = {}
+    for order in ("length", "arrival"):
+        batches, preprocess_s = make_batches(processor, items, batch_size, order)
+        real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        padded_tokens = sum(b["attention_mask"].numel() for b in batches)
+        run_forward(ours, batches[:2], device, dtype)  # warm-up (kernels, allocator)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        floor_s = min(run_forward(floor, batches, device, dtype) for _ in range(repeats))
+        ours_s = min(run_forward(ours, batches, device, dtype) for _ in range(repeats))
+        results[order] = {
+            "batches": len(batches),
+            "preprocess_s": round(preprocess_s, 4),
+            "floor_model_s": round(floor_s, 4),
+            "ours_model_s": round(ours_s, 4),
+            "ratio": round(floor_s / ours_s, 4),
+            "ours_items_per_s": round(len(items) / ours_s, 2),
+            "ours_tokens_per_s": round(real_tokens / ours_s, 1),
+            "padding_fraction": round(1 - real_tokens / padded_tokens, 4),
+            "real_tokens": real_tokens,
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
+        }
+    return results
+
+
+def end_to_end(model, processor, items, batch_size, device):
+    from sentence_transformers import SentenceTransformer
+
+    from st_vlm2geovec import VLM2GeoVecEmbedder
+
+    st = SentenceTransformer(modules=[VLM2GeoVecEmbedder(model, processor)], device=device)
+    st.encode(items[:batch_size], batch_size=batch_size)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    vectors = st.encode(items, batch_size=batch_size, convert_to_numpy=True)
+    sync(device)
+    assert vectors.shape[0] == len(items)
+    return time.perf_counter() - start
+
+
+def environment(device: str) -> dict:
+    import transformers
+
+    info = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def append_results_md(record: dict, path: Path) -> None:
+    env = record["environment"]
+    where = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
+    lines = [
+        f"\n### encode — {record['model']} on {where}, {env['date']}\n",
+        f"{record['n_items']} items (mixed), batch {record['batch_size']}, dtype {record['dtype']}; "
+        f"torch {env['torch']}, transformers {env['transformers']}.\n\n",
+        "| order | preprocess s | floor model s | ours model s | ratio | items/s | tokens/s | padding | peak GiB |\n",
+        "|---|---|---|---|---|---|---|---|---|\n",
+    ]
+    for order, r in record["orders"].items():
+        lines.append(
+            f"| {order} | {r['preprocess_s']} | {r['floor_model_s']} | {r['ours_model_s']} | {r['ratio']} | "
+            f"{r['ours_items_per_s']} | {r['ours_tokens_per_s']} | {r['padding_fraction']:.1%} | {r['peak_mem_gib']} |\n"
+        )
+    e2e = record["end_to_end"]
+    lines.append(
+        f"\nEnd to end (`SentenceTransformer.encode`, preprocessing included): {e2e['wall_s']} s = "
+        f"{e2e['items_per_s']} items/s; floor model time / wall = {e2e['ratio_to_floor']}; "
+        f"preprocessing share of wall ≈ {e2e['preprocess_share']:.0%}.\n"
+    )
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.writelines(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="nano", help="nano | qwen2vl-2b-random | checkpoint folder")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="bfloat16 on GPU, float32 on CPU by default")
+    parser.add_argument("--n", type=int, default=None, help="number of items")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per measurement (best kept)")
+    parser.add_argument("--quick", action="store_true", help="small workload, one pass (CI)")
+    parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--results-md", default=str(REPO / "bench" / "RESULTS.md"))
+    args = parser.parse_args(argv)
+
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    n = args.n or (40 if args.quick else 320)
+    repeats = 1 if args.quick else args.repeats
+    model, processor = load(args.model, args.device, dtype)
+    items = build_workload(n)
+    orders = measure(model, processor, items, args.batch_size, args.device, dtype, repeats)
+    wall = end_to_end(model, processor, items, args.batch_size, args.device)
+    length = orders["length"]
+    record = {
+        "benchmark": "encode",
+        "model": args.model,
+        "n_items": n,
+        "batch_size": args.batch_size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "quick": args.quick,
+        "environment": environment(args.device),
+        "orders": orders,
+        "end_to_end": {
+            "wall_s": round(wall, 4),
+            "items_per_s": round(n / wall, 2),
+            "ratio_to_floor": round(length["floor_model_s"] / wall, 4),
+            "preprocess_share": round(min(1.0, length["preprocess_s"] / wall), 4),
+        },
+    }
+    print(json.dumps(record, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    if args.results_md and not args.quick:
+        append_results_md(record, Path(args.results_md))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run the encode benchmark on a lent GPU machine (no network there). Wheels of the pinned versions and the
+# prebuilt Qwen2 tokenizer travel in .whl/ (see bench/README.md); results land in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-out/gpu}"
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+[ -d .whl/cache ] && export VLM2GEOVEC_CACHE="$PWD/.whl/cache"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers, sentence_transformers as s; print(torch.__version__, transformers.__version__, s.__version__)"
+python3 bench/encode.py --model qwen2vl-2b-random --device cuda --n "${N:-512}" --batch-size "${BS:-32}" \
+  --json "$OUT/encode_qwen2vl-2b-random.json" --results-md "$OUT/RESULTS.md" > "$OUT/encode_2b.log" 2>&1
+echo "2b exit $?"; tail -5 "$OUT/encode_2b.log"
+python3 bench/encode.py --model nano --device cuda --n "${N:-512}" --batch-size "${BS:-32}" \
+  --json "$OUT/encode_nano.json" --results-md "$OUT/RESULTS.md" > "$OUT/encode_nano.log" 2>&1
+echo "nano exit $?"
+cat "$OUT/RESULTS.md"
