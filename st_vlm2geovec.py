@@ -11,12 +11,16 @@ The module holds the HF model and processor and saves them in the checkpoint roo
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
@@ -65,17 +69,80 @@ class _TokenEstimate:
 
 
 class _CheckedEncode:
-    """`SentenceTransformer.encode` preceded by a check of all inputs (picklable, unlike a closure)."""
+    """`SentenceTransformer.encode`, preceded by a check of all inputs and, where workers are enabled, with
+    the batches it will form preprocessed ahead in threads so that the CPU work overlaps the forward passes.
 
-    def __init__(self, model, max_image_pixels: int):
+    A class rather than a closure so the model stays picklable.
+    """
+
+    def __init__(self, model, embedder: "VLM2GeoVecEmbedder"):
         self.model = model
-        self.max_image_pixels = max_image_pixels
+        self.embedder = embedder
 
     def __call__(self, inputs, *args, **kwargs):
+        encode = type(self.model).encode
         batch = [inputs] if self.model.is_singular_input(inputs) else inputs
-        if isinstance(batch, (list, tuple)):
-            check_items(batch, "inputs", self.max_image_pixels)
-        return type(self.model).encode(self.model, inputs, *args, **kwargs)
+        if not isinstance(batch, (list, tuple)):
+            return encode(self.model, inputs, *args, **kwargs)
+        check_items(batch, "inputs", self.embedder.processor.max_image_pixels)
+        bound = inspect.signature(encode).bind_partial(self.model, inputs, *args, **kwargs).arguments
+        workers = self.embedder.resolved_preprocess_workers(bound.get("device"))
+        parallel = bound.get("pool") is not None or isinstance(bound.get("device"), list)
+        if workers == 0 or parallel or len(batch) <= bound.get("batch_size", 32):
+            return encode(self.model, inputs, *args, **kwargs)
+        try:
+            prompt = self.model._resolve_prompt(bound.get("prompt"), bound.get("prompt_name"))
+        except Exception:  # a bad prompt name: let encode raise its own error
+            return encode(self.model, inputs, *args, **kwargs)
+        # The same order and batches as SentenceTransformer._inference forms (length-sorted, longest first).
+        order = np.argsort([-self.model._input_length(item) for item in batch]).tolist()
+        size = bound.get("batch_size", 32)
+        batches = [[batch[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+        with _Prefetcher(self.embedder, batches, prompt or None, workers):
+            return encode(self.model, inputs, *args, **kwargs)
+
+
+class _Prefetcher:
+    """Preprocesses upcoming batches in a thread pool; `VLM2GeoVecEmbedder.preprocess` takes them when the
+    requested batch is the expected one (same objects, same prompt) and computes directly otherwise."""
+
+    def __init__(self, embedder: "VLM2GeoVecEmbedder", batches: list[list[Any]], prompt: str | None, workers: int):
+        self.embedder, self.batches, self.prompt, self.workers = embedder, batches, prompt, workers
+        self.pending: deque = deque()
+        self.next_index = 0
+        self.hits = 0  # batches served from the look-ahead (for tests and benchmarks)
+
+    def __enter__(self):
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vlm2geovec-preprocess")
+        for _ in range(2 * self.workers):  # bounded look-ahead keeps memory flat
+            self._submit()
+        self.embedder._prefetcher = self
+        return self
+
+    def __exit__(self, *exc):
+        self.embedder._prefetcher = None
+        for _, future in self.pending:
+            future.cancel()
+        self.executor.shutdown(wait=True)
+        return False
+
+    def _submit(self) -> None:
+        if self.next_index < len(self.batches):
+            items = self.batches[self.next_index]
+            future = self.executor.submit(self.embedder.processor, items=items, instruction=self.prompt)
+            self.pending.append((items, future))
+            self.next_index += 1
+
+    def take(self, inputs: list[Any], prompt: str | None):
+        if not self.pending or prompt != self.prompt:
+            return None
+        items, future = self.pending[0]
+        if len(items) != len(inputs) or any(a is not b for a, b in zip(items, inputs)):
+            return None
+        self.pending.popleft()
+        self._submit()
+        self.hits += 1
+        return dict(future.result())
 
 
 class VLM2GeoVecEmbedder(InputModule):
@@ -87,14 +154,26 @@ class VLM2GeoVecEmbedder(InputModule):
     """
 
     config_file_name = "sentence_vlm2geovec_config.json"
-    config_keys: list[str] = []
+    config_keys: list[str] = ["preprocess_workers"]
     save_in_root = True
 
-    def __init__(self, model: VLM2GeoVecModel, processor: VLM2GeoVecProcessor):
+    def __init__(self, model: VLM2GeoVecModel, processor: VLM2GeoVecProcessor, preprocess_workers: int | None = None):
         super().__init__()
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.preprocess_workers = preprocess_workers
+        self._prefetcher: _Prefetcher | None = None
+
+    def resolved_preprocess_workers(self, device: Any = None) -> int:
+        """Threads that preprocess ahead during `encode`. ``None`` (default): on an accelerator, up to 8 (half
+        the cores); on the CPU, 0, since the forward pass already uses every core there."""
+        if self.preprocess_workers is not None:
+            return max(0, int(self.preprocess_workers))
+        device_type = torch.device(device).type if isinstance(device, (str, torch.device)) else self.model.device.type
+        if device_type == "cpu":
+            return 0
+        return max(1, min(8, (os.cpu_count() or 2) // 2))
 
     @property
     def modalities(self) -> list:
@@ -109,9 +188,13 @@ class VLM2GeoVecEmbedder(InputModule):
         # ST preprocesses length-sorted batches, so a processor error would name a position in some batch.
         # Check every input first (image headers only), so errors name the caller's own index.
         if not isinstance(model.__dict__.get("encode"), _CheckedEncode):
-            model.encode = _CheckedEncode(model, self.processor.max_image_pixels)
+            model.encode = _CheckedEncode(model, self)
 
     def preprocess(self, inputs: list[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
+        if self._prefetcher is not None:
+            prefetched = self._prefetcher.take(inputs, prompt or None)
+            if prefetched is not None:
+                return prefetched
         return dict(self.processor(items=list(inputs), instruction=prompt or None))
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -163,7 +246,9 @@ class VLM2GeoVecEmbedder(InputModule):
         processor = VLM2GeoVecProcessor.from_pretrained(
             model_name_or_path, trust_remote_code=trust_remote_code, **hub, **(processor_kwargs or {})
         )
-        return cls(model, processor)
+        settings = cls.load_config(model_name_or_path, subfolder=subfolder, token=token, cache_folder=cache_folder,
+                                   revision=revision, local_files_only=local_files_only)
+        return cls(model, processor, preprocess_workers=settings.get("preprocess_workers"))
 
 
 __all__ = ["VLM2GeoVecEmbedder", "write_remote_code"]

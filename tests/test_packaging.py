@@ -26,6 +26,7 @@ def test_no_torchvision_in_any_install_path():
 def test_remote_code_files_import_only_allowed_modules():
     """The files copied into checkpoints must run with only torch/transformers/PIL/numpy (and each other)."""
     allowed = {"__future__", "io", "math", "os", "json", "shutil", "dataclasses", "pathlib", "typing", "collections",
+               "inspect", "concurrent",
                "numpy", "torch", "PIL", "transformers", "sentence_transformers",
                "modeling_vlm2geovec", "processing_vlm2geovec"}
     for name in ("modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py"):
