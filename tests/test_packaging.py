@@ -44,5 +44,5 @@ def test_remote_code_files_import_only_allowed_modules():
 
 def test_installed_top_level_names_are_project_specific():
     setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    names = setuptools["py-modules"] + setuptools["packages"]
-    assert all("vlm2geovec" in name for name in names), names
+    names = setuptools["py-modules"] + setuptools["packages"]["find"]["include"]
+    assert all("vlm2geovec" in name or "rsmeb" in name for name in names), names

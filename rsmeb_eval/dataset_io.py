@@ -1,0 +1,123 @@
+"""Write and read RSMEB dataset folders: parquet per task, config and split, plus a README card whose YAML
+`configs:` maps every config to its files, so `load_dataset(folder, "<task>", split="test")` works offline."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rsmeb_eval.schema import corpus_features, query_features
+
+CORPUS_SUFFIX = "-corpus"
+
+
+@dataclass
+class TaskData:
+    """One split of one task: query rows and corpus rows (see `rsmeb_eval.schema`)."""
+
+    queries: list[dict[str, Any]] = field(default_factory=list)
+    corpus: list[dict[str, Any]] = field(default_factory=list)
+
+    def validate(self, task: str, split: str) -> None:
+        ids = [row["id"] for row in self.corpus]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"{task}/{split}: duplicate corpus ids")
+        known = set(ids)
+        query_ids = [row["query_id"] for row in self.queries]
+        if len(query_ids) != len(set(query_ids)):
+            raise ValueError(f"{task}/{split}: duplicate query ids")
+        for row in self.queries:
+            where = f"{task}/{split} query {row['query_id']}"
+            if not row["positive_ids"]:
+                raise ValueError(f"{where}: no positive")
+            missing = (set(row["candidate_ids"]) | set(row["positive_ids"])) - known
+            if missing:
+                raise ValueError(f"{where}: ids not in the corpus: {sorted(missing)[:5]}")
+            if row["candidate_ids"] and not set(row["positive_ids"]) <= set(row["candidate_ids"]):
+                raise ValueError(f"{where}: a positive is missing from its candidate list")
+            if len(set(row["candidate_ids"])) != len(row["candidate_ids"]):
+                raise ValueError(f"{where}: duplicate candidates")
+
+
+def _png_bytes(image: Any) -> dict[str, Any] | None:
+    """Images are stored as PNG bytes (lossless, deterministic), whatever they came in as."""
+    if image is None:
+        return None
+    from PIL import Image
+
+    if isinstance(image, dict):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        image = Image.open(image)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _prepare(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, list[Any]]:
+    table = {column: [] for column in columns}
+    for row in rows:
+        for column in columns:
+            value = row.get(column)
+            table[column].append(_png_bytes(value) if column == "image" else value)
+    return table
+
+
+def write_task(folder: str | os.PathLike, task: str, splits: dict[str, TaskData]) -> list[tuple[str, str, str]]:
+    """Write one task's parquet files; returns (config, split, relative path) entries for the card."""
+    from datasets import Dataset
+
+    folder = Path(folder)
+    entries = []
+    for split, data in splits.items():
+        data.validate(task, split)
+        for config, rows, features in (
+            (task, data.queries, query_features()),
+            (task + CORPUS_SUFFIX, data.corpus, corpus_features()),
+        ):
+            relative = f"data/{config}/{split}.parquet"
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            dataset = Dataset.from_dict(_prepare(rows, list(features)), features=features)
+            dataset.to_parquet(str(folder / relative))
+            entries.append((config, split, relative))
+    return entries
+
+
+def configs_yaml(entries: list[tuple[str, str, str]]) -> str:
+    by_config: dict[str, list[tuple[str, str]]] = {}
+    for config, split, relative in entries:
+        by_config.setdefault(config, []).append((split, relative))
+    lines = ["configs:"]
+    for config in sorted(by_config):
+        lines.append(f"- config_name: {config}")
+        lines.append("  data_files:")
+        for split, relative in sorted(by_config[config]):
+            lines.append(f"  - split: {split}")
+            lines.append(f"    path: {relative}")
+    return "\n".join(lines) + "\n"
+
+
+def load_task(folder: str | os.PathLike, task: str, split: str = "test"):
+    """(queries, corpus) as `datasets.Dataset`s, offline, with exact features."""
+    from datasets import load_dataset
+
+    queries = load_dataset(str(folder), task, split=split)
+    corpus = load_dataset(str(folder), task + CORPUS_SUFFIX, split=split)
+    return queries, corpus
+
+
+def write_dataset(folder: str | os.PathLike, tasks: dict[str, dict[str, TaskData]], title: str = "RSMEB",
+                  notes: str = "") -> Path:
+    """Write every task and the dataset card (README.md with YAML `configs:` and the task table)."""
+    from rsmeb_eval.card import dataset_card
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name in sorted(tasks):
+        entries += write_task(folder, name, tasks[name])
+    (folder / "README.md").write_text(dataset_card(sorted(tasks), configs_yaml(entries), title, notes), encoding="utf-8")
+    return folder
