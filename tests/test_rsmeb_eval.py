@@ -178,3 +178,44 @@ def test_publish_dry_run_lists_files(data_dir, capsys):
     listing = json.loads(capsys.readouterr().out)
     assert listing["repo_type"] == "dataset" and "README.md" in listing["files"]
     assert "data/S2Lite-SceneCls/test.parquet" in listing["files"]
+
+
+class HashEncoder(ConstantEncoder):
+    """Deterministic pseudo-random vectors: a model-like, non-trivial ranking."""
+
+    name, fingerprint = "hash", "hash-v1"
+
+    def encode(self, items, instruction, batch_size=16, show_progress_bar=False):
+        rows = []
+        for item in items:
+            seed = int(item_key(item, instruction)[:12], 16)
+            vector = np.random.default_rng(seed).normal(size=16)
+            rows.append(vector / np.linalg.norm(vector))
+        return np.stack(rows).astype(np.float32)
+
+
+def test_evaluate_metric_module_gives_the_harness_numbers(data_dir):
+    import evaluate
+
+    from tests.conftest import REPO_ROOT
+
+    metric = evaluate.load(str(REPO_ROOT / "rsmeb_eval" / "evaluate_metric" / "rsmeb_ranking.py"))
+    encoder = HashEncoder()
+    harness = evaluate(encoder, data_dir, show_progress_bar=False)
+    for name in ("S2Lite-SceneCls", "NEONLite-RegionCaption"):
+        task = get_task(name)
+        queries, corpus = task.load(data_dir, "test")
+        q = encoder.encode([row_to_item(r) for r in queries], task.metadata.query_instruction)
+        c = encoder.encode([row_to_item(r) for r in corpus], task.metadata.candidate_instruction)
+        index = {cid: i for i, cid in enumerate(corpus["id"])}
+        predictions, references = [], []
+        for row, (candidates, positives) in enumerate(zip(queries["candidate_ids"], queries["positive_ids"])):
+            predictions.append([float(q[row] @ c[index[cid]]) for cid in candidates])
+            references.append([candidates.index(p) for p in positives])
+        computed = metric.compute(predictions=predictions, references=references)
+        assert computed["p@1"] == pytest.approx(harness["tasks"][name]["p@1"])
+        assert computed["mrr"] == pytest.approx(harness["tasks"][name]["mrr"])
+        assert computed["n_queries"] == harness["tasks"][name]["n_queries"]
+    assert 0 < np.mean([r["mrr"] for r in harness["tasks"].values()]) < 1  # a real, non-trivial ranking
+    with pytest.raises(ValueError, match="do not fit"):
+        metric.compute(predictions=[[0.1, 0.2]], references=[[5]])
