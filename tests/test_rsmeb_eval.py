@@ -195,11 +195,11 @@ class HashEncoder(ConstantEncoder):
 
 
 def test_evaluate_metric_module_gives_the_harness_numbers(data_dir):
-    import evaluate
+    import evaluate as hf_evaluate
 
     from tests.conftest import REPO_ROOT
 
-    metric = evaluate.load(str(REPO_ROOT / "rsmeb_eval" / "evaluate_metric" / "rsmeb_ranking.py"))
+    metric = hf_evaluate.load(str(REPO_ROOT / "rsmeb_eval" / "evaluate_metric" / "rsmeb_ranking.py"))
     encoder = HashEncoder()
     harness = evaluate(encoder, data_dir, show_progress_bar=False)
     for name in ("S2Lite-SceneCls", "NEONLite-RegionCaption"):
