@@ -195,7 +195,12 @@ class VLM2GeoVecEmbedder(InputModule):
             prefetched = self._prefetcher.take(inputs, prompt or None)
             if prefetched is not None:
                 return prefetched
-        return dict(self.processor(items=list(inputs), instruction=prompt or None))
+        features = dict(self.processor(items=list(inputs), instruction=prompt or None))
+        if "image_grid_thw" in features:
+            # Lets sentence-transformers' GradCache slice pixel_values per sample (rows may hold 0..n images).
+            vision_start = self.model.config.vision_start_token_id
+            features["num_images_per_sample"] = (features["input_ids"] == vision_start).sum(dim=1)
+        return features
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         model_inputs = {key: features[key] for key in MODEL_INPUT_KEYS if key in features}

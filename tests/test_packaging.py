@@ -44,5 +44,17 @@ def test_remote_code_files_import_only_allowed_modules():
 
 def test_installed_top_level_names_are_project_specific():
     setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    names = setuptools["py-modules"] + setuptools["packages"]["find"]["include"]
-    assert all("vlm2geovec" in name or "rsmeb" in name for name in names), names
+    names = setuptools["py-modules"] + setuptools["packages"]
+    assert all("vlm2geovec" in name or name.startswith("rsmeb_eval") for name in names), names
+    assert setuptools["package-dir"] == {"vlm2geovec_train": "train"}
+
+
+def test_every_source_folder_is_packaged():
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    for root, name in (("vlm2geovec", "vlm2geovec"), ("rsmeb_eval", "rsmeb_eval"), ("train", "vlm2geovec_train")):
+        for folder in [REPO_ROOT / root, *(p for p in (REPO_ROOT / root).rglob("*") if p.is_dir())]:
+            if "__pycache__" in folder.parts or not any(folder.glob("*.py")):
+                continue
+            dotted = ".".join([name, *folder.relative_to(REPO_ROOT / root).parts])
+            assert dotted in listed, f"{folder} holds Python files but {dotted} is not in pyproject's packages"

@@ -1,0 +1,1 @@
+"""vlm2geovec training (installed as `vlm2geovec_train`): losses, data, recipes."""
