@@ -1,0 +1,122 @@
+"""Contrastive training, step by step, through the sentence-transformers Trainer.
+
+    vlm2geovec train --config train/configs/nano.yaml --out out/nano-trained
+    vlm2geovec quickstart --out out/quickstart
+
+1. load the model   2. (optionally) freeze the token embedding   3. data: one dataset per RSMEB task
+4. loss             5. training arguments                        6. trainer: train   7. save
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Every field can be set in the YAML file or overridden on the command line."""
+
+    # model
+    model: str = "out/nano"  # VLM2GeoVec folder or Hub id
+    freeze_token_embedding: bool = True  # 97% of nano's parameters and only a few rows are ever used
+    # data
+    data: str = "out/rsmeb-lite"
+    tasks: list[str] | None = None  # default: every task with a train split in `data`
+    n_negatives: int = 1
+    max_rows_per_task: int | None = None
+    # loss
+    loss: str = "mnrl"  # "mnrl" or "cached_mnrl" (GradCache)
+    temperature: float = 0.02
+    mini_batch_size: int = 8  # GradCache only
+    # optimisation
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_steps: int = 600
+    seed: int = 0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    # bookkeeping
+    logging_steps: int = 25
+    save_steps: int | None = None
+    extra_args: dict[str, Any] = field(default_factory=dict)  # any other SentenceTransformerTrainingArguments
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def build_loss(model, config: TrainConfig):
+    from vlm2geovec_train.losses import CachedMultimodalMNRLoss, MultimodalMNRLoss
+
+    if config.loss == "mnrl":
+        return MultimodalMNRLoss(model, temperature=config.temperature)
+    if config.loss == "cached_mnrl":
+        return CachedMultimodalMNRLoss(model, temperature=config.temperature, mini_batch_size=config.mini_batch_size)
+    raise ValueError(f"loss must be 'mnrl' or 'cached_mnrl', got {config.loss!r}")
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoint: str | bool | None = None):
+    """Train and save to `out_dir` (a VLM2GeoVec checkpoint: AutoModel and SentenceTransformer both load it)."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import MultiDatasetBatchSamplers
+
+    from vlm2geovec import load_model
+    from vlm2geovec_train.data import training_datasets
+
+    # 1. Load the model.
+    model = load_model(config.model)
+    backbone = model[0].model
+    # 2. The token embedding is nearly all of nano's weights, and almost none of its rows occur in the data.
+    if config.freeze_token_embedding:
+        backbone.get_input_embeddings().weight.requires_grad_(False)
+    if config.gradient_checkpointing:
+        backbone.gradient_checkpointing_enable()
+    # 3. Data: one dataset per task, so each batch is drawn from one task with that task's instructions.
+    datasets, prompts = training_datasets(config.data, config.tasks, config.n_negatives, config.seed,
+                                          config.max_rows_per_task)
+    # 4. Loss.
+    loss = build_loss(model, config)
+    # 5. Arguments.
+    output_dir = Path(out_dir) / "trainer"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=int(config.warmup_ratio * config.max_steps),
+        lr_scheduler_type="cosine",
+        max_steps=config.max_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=config.bf16,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        prompts=prompts,
+        multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
+        dataloader_drop_last=True,
+        report_to="none",
+        disable_tqdm=False,
+        **config.extra_args,
+    )
+    # 6. Train. (ST's model-card widgets expect text columns; ours hold images, boxes and coordinates.)
+    model.model_card_data.set_widget_examples = lambda dataset: None
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=loss)
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    # 7. Save: the same layout as `vlm2geovec nano`/`convert`, loadable by AutoModel and SentenceTransformer.
+    backbone.get_input_embeddings().weight.requires_grad_(True)
+    model.save(str(Path(out_dir)))
+    return model, trainer, result
