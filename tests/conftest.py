@@ -5,30 +5,24 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-# Never reach for the Hub, and keep transformers' remote-code cache out of the user's home.
+# Never reach for the Hub, and keep the Hugging Face caches (transformers' remote code, evaluate's metric
+# modules) out of the user's home. Set at import, before any library reads them: transformers and evaluate
+# fix their module paths when first imported, so switching later would split the cache.
+_HF_HOME = tempfile.mkdtemp(prefix="vlm2geovec-tests-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_MODULES_CACHE"] = os.path.join(_HF_HOME, "modules")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def isolated_hf_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("hf_home")
-    old = os.environ.get("HF_HOME")
-    os.environ["HF_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("HF_HOME", None)
-    else:
-        os.environ["HF_HOME"] = old
 
 
 @pytest.fixture(scope="session")

@@ -179,7 +179,8 @@ def test_save_load_roundtrip_in_fresh_process_elsewhere(_nano, tmp_path, images)
         out_st=str(tmp_path / "st.npy"),
     )
     # A fresh HF_HOME: the remote code must come from the checkpoint folder itself.
-    stdout = run_python(code, cwd=workdir, env_extra={"HF_HOME": str(tmp_path / "fresh_hf_home")})
+    fresh = tmp_path / "fresh_hf_home"
+    stdout = run_python(code, cwd=workdir, env_extra={"HF_HOME": str(fresh), "HF_MODULES_CACHE": str(fresh / "modules")})
     # Without the package imported, all three classes come from the checkpoint's own remote code.
     modules_line = next(line for line in stdout.splitlines() if line.startswith("modules:"))
     assert all(name.startswith("transformers_modules") for name in modules_line.split()[1:]), modules_line

@@ -37,7 +37,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
-    max_steps: int = 600
+    max_steps: int = 1200
     seed: int = 0
     bf16: bool = False
     gradient_checkpointing: bool = False

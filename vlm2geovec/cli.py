@@ -114,6 +114,23 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vlm2geovec_train.recipe import TrainConfig, train
+
+    config = TrainConfig.from_yaml(args.config, model=args.model, data=args.data, max_steps=args.max_steps,
+                                   loss=args.loss, batch_size=args.batch_size, seed=args.seed)
+    train(config, args.out, resume_from_checkpoint=args.resume)
+    print(f"wrote the trained model to {args.out}")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from vlm2geovec_train.quickstart import quickstart
+
+    quickstart(args.out, max_steps=args.max_steps, tasks=args.tasks or None, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm2geovec", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best available)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_cmd_embed)
+
+    train = sub.add_parser("train", help="contrastive training with the sentence-transformers Trainer")
+    train.add_argument("--config", required=True, help="YAML, e.g. train/configs/nano.yaml")
+    train.add_argument("--out", required=True)
+    train.add_argument("--model", default=None, help="override: model folder or Hub id")
+    train.add_argument("--data", default=None, help="override: RSMEB dataset folder with a train split")
+    train.add_argument("--max-steps", type=int, default=None)
+    train.add_argument("--loss", choices=["mnrl", "cached_mnrl"], default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--resume", default=None, help="checkpoint folder to resume from")
+    train.set_defaults(func=_cmd_train)
+
+    quick = sub.add_parser("quickstart", help="nano + RSMEB-lite: evaluate, train, evaluate, report")
+    quick.add_argument("--out", required=True)
+    quick.add_argument("--max-steps", type=int, default=None, help="default: the nano recipe's")
+    quick.add_argument("--tasks", nargs="*", default=None, help="RSMEB-lite tasks (default: all)")
+    quick.add_argument("--seed", type=int, default=0)
+    quick.set_defaults(func=_cmd_quickstart)
 
     from rsmeb_eval.cli import add_rsmeb_parser
 
