@@ -13,10 +13,18 @@ fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, sentence_transformers as s; print(torch.__version__, transformers.__version__, s.__version__)"
+WHAT="${WHAT:-encode train}"
+if [[ " $WHAT " == *" encode "* ]]; then
 python3 bench/encode.py --model qwen2vl-2b-random --device cuda --n "${N:-512}" --batch-size "${BS:-32}" \
   --json "$OUT/encode_qwen2vl-2b-random.json" --results-md "$OUT/RESULTS.md" > "$OUT/encode_2b.log" 2>&1
 echo "2b exit $?"; tail -5 "$OUT/encode_2b.log"
 python3 bench/encode.py --model nano --device cuda --n "${N:-512}" --batch-size "${BS:-32}" \
   --json "$OUT/encode_nano.json" --results-md "$OUT/RESULTS.md" > "$OUT/encode_nano.log" 2>&1
 echo "nano exit $?"
+fi
+if [[ " $WHAT " == *" train "* ]]; then
+python3 bench/train.py --model qwen2vl-2b-random --device cuda --json "$OUT/train_qwen2vl-2b-random.json" \
+  --results-md "$OUT/RESULTS.md" > "$OUT/train_2b.log" 2>&1
+echo "train exit $?"; grep "{'batch" "$OUT/train_2b.log"; tail -3 "$OUT/train_2b.log"
+fi
 cat "$OUT/RESULTS.md"

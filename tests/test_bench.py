@@ -25,3 +25,14 @@ def test_encode_benchmark_quick(tmp_path):
     assert length["real_tokens"] == arrival["real_tokens"] > 0  # same items, only the batching differs
     assert 0 <= length["padding_fraction"] < arrival["padding_fraction"] < 1  # sorting reduces padding
     assert record["end_to_end"]["wall_s"] > 0 and record["end_to_end"]["preprocess_workers"] == 0
+
+
+def test_train_benchmark_quick(tmp_path):
+    train = load_script("train")
+    record = train.main(["--model", "nano", "--quick", "--device", "cpu", "--json", str(tmp_path / "t.json"),
+                         "--results-md", ""])
+    rows = {(r["batch_size"], r["loss"]): r for r in record["rows"]}
+    assert set(rows) == {(4, "mnrl"), (4, "cached_mnrl"), (8, "mnrl"), (8, "cached_mnrl")}
+    assert all(r["status"] == "ok" for r in rows.values())
+    for batch in (4, 8):  # the same loss either way: GradCache only changes how it is computed
+        assert abs(rows[(batch, "mnrl")]["loss_value"] - rows[(batch, "cached_mnrl")]["loss_value"]) < 1e-4
