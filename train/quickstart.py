@@ -53,10 +53,14 @@ def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list
     config = TrainConfig.from_yaml(config_path, model=str(nano_dir), data=str(data_dir), tasks=tasks,
                                    max_steps=max_steps, seed=seed)
     print(f"[4/5] train {config.max_steps} steps on RSMEB-lite train")
-    train(config, out / "model")
+    _, trainer, _ = train(config, out / "model")
     print("[5/5] evaluate the trained model on RSMEB-lite test")
     after = evaluate(SentenceTransformerEncoder(out / "model", name="nano (trained)"), data_dir, tasks=tasks)
     write_report(after, out / "after")
+    from vlm2geovec_train.recipe import write_model_card
+
+    rows = {name: len(dataset) for name, dataset in trainer.train_dataset.items()}
+    write_model_card(out / "model", config, rows, results=after)
     table = before_after_table(before, after)
     (out / "report.md").write_text(f"# Quickstart: nano on RSMEB-lite\n\n{table}", encoding="utf-8")
     family_chart({"before": before, "after": after}, out / "report.png", title="nano on RSMEB-lite test")

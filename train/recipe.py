@@ -44,6 +44,9 @@ class TrainConfig:
     # bookkeeping
     logging_steps: int = 25
     save_steps: int | None = None
+    eval_steps: int | None = None  # evaluate on RSMEB `eval_split` every N steps (None: only at the end, by the caller)
+    eval_split: str = "test"
+    eval_tasks: list[str] | None = None
     extra_args: dict[str, Any] = field(default_factory=dict)  # any other SentenceTransformerTrainingArguments
 
     @classmethod
@@ -56,6 +59,29 @@ class TrainConfig:
             raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def training_summary(config: TrainConfig, task_rows: dict[str, int], results: dict[str, Any] | None = None) -> str:
+    """The model card's training section: data, hyperparameters and (when given) RSMEB results."""
+    lines = [f"Trained with `vlm2geovec train` from `{config.model}` on the `train` split of `{config.data}`.", "",
+             "| task | training rows |", "|---|---|"]
+    lines += [f"| {name} | {count} |" for name, count in task_rows.items()]
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("model", "data", "extra_args")}
+    lines += ["", "| hyperparameter | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in settings.items()]
+    if results is not None:
+        from rsmeb_eval.report import markdown_table
+
+        lines += ["", "### RSMEB", "", markdown_table(results).split("\n", 2)[2]]
+    return "\n".join(lines)
+
+
+def write_model_card(out_dir: str | os.PathLike, config: TrainConfig, task_rows: dict[str, int],
+                     results: dict[str, Any] | None = None) -> None:
+    from vlm2geovec.model_card import render_model_card
+
+    card = render_model_card(name=Path(out_dir).name, base=config.model, repo=str(out_dir),
+                             training=training_summary(config, task_rows, results))
+    (Path(out_dir) / "README.md").write_text(card, encoding="utf-8")
 
 
 def build_loss(model, config: TrainConfig):
@@ -89,7 +115,12 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoin
                                           config.max_rows_per_task)
     # 4. Loss.
     loss = build_loss(model, config)
-    # 5. Arguments.
+    # 5. Arguments (and, optionally, RSMEB evaluation during training: the same tasks and metrics as `rsmeb eval`).
+    evaluator = None
+    if config.eval_steps:
+        from rsmeb_eval.st_evaluator import RSMEBEvaluator
+
+        evaluator = RSMEBEvaluator(config.data, tasks=config.eval_tasks or config.tasks, split=config.eval_split)
     output_dir = Path(out_dir) / "trainer"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
@@ -106,6 +137,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoin
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
         prompts=prompts,
+        eval_strategy="steps" if config.eval_steps else "no",
+        eval_steps=config.eval_steps,
         multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
         dataloader_drop_last=True,
         report_to="none",
@@ -114,9 +147,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoin
     )
     # 6. Train. (ST's model-card widgets expect text columns; ours hold images, boxes and coordinates.)
     model.model_card_data.set_widget_examples = lambda dataset: None
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=loss)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=loss, evaluator=evaluator)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     # 7. Save: the same layout as `vlm2geovec nano`/`convert`, loadable by AutoModel and SentenceTransformer.
     backbone.get_input_embeddings().weight.requires_grad_(True)
     model.save(str(Path(out_dir)))
+    write_model_card(out_dir, config, {name: len(d) for name, d in datasets.items()})
     return model, trainer, result
