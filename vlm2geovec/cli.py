@@ -124,6 +124,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_data(args: argparse.Namespace) -> int:
+    from vlm2geovec_train.converters import convert_geochat, convert_public
+
+    if args.source == "geochat":
+        if not args.images:
+            raise SystemExit("error: --source geochat needs --raw GeoChat_Instruct.json and --images IMAGE_DIR")
+        result = convert_geochat(args.raw, args.images, args.out, on_error=args.on_error, seed=args.seed,
+                                 if_exists=args.if_exists)
+    else:
+        result = convert_public(args.source, args.raw, args.out, on_error=args.on_error, seed=args.seed,
+                                if_exists=args.if_exists)
+    for problem in result.report.problems:
+        print(f"skipped {problem.file}:{problem.row}: {problem.reason}")
+    print(f"wrote training data for {', '.join(sorted(result.tasks))} to {args.out}")
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from vlm2geovec_train.quickstart import quickstart
 
@@ -173,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--resume", default=None, help="checkpoint folder to resume from")
     train.set_defaults(func=_cmd_train)
+
+    data = sub.add_parser("train-data", help="convert a raw public dataset or GeoChat-Instruct into training data")
+    data.add_argument("--source", required=True, help="geochat, or an RSMEB source: eurosat, rsicd, dior-rsvg, ...")
+    data.add_argument("--raw", required=True, help="the dataset as distributed (GeoChat: the JSON file)")
+    data.add_argument("--images", default=None, help="GeoChat: the unzipped image folder")
+    data.add_argument("--out", required=True, help="RSMEB-format folder for `vlm2geovec train --data`")
+    data.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    data.add_argument("--if-exists", choices=["error", "overwrite", "merge"], default="error")
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=_cmd_train_data)
 
     quick = sub.add_parser("quickstart", help="nano + RSMEB-lite: evaluate, train, evaluate, report")
     quick.add_argument("--out", required=True)

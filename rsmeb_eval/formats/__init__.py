@@ -14,11 +14,19 @@ the report).
 | `rsvqa` | RSVQA questions/answers/images JSON triple | `VQAQuestion` |
 | `composed` | reference,text,target CSV/JSONL (PatternCom style) | `ComposedTriplet` |
 | `geo_tiles` | image,lat,lon CSV or GeoJSON Points | `GeoTile` |
+| `geochat` | GeoChat-Instruct LLaVA-style conversation JSON (training data) | `GeoChatSample`, `GeoChatTurn`, `GeoChatBox` |
 """
 
 from rsmeb_eval.formats.composed import ComposedTriplet, parse_composed
 from rsmeb_eval.formats.dior_rsvg import ReferringImage, ReferringObject, parse_dior_rsvg
 from rsmeb_eval.formats.geo_tiles import GeoTile, parse_geo_tiles
+from rsmeb_eval.formats.geochat import (
+    GeoChatBox,
+    GeoChatSample,
+    GeoChatTurn,
+    GroundedPhrase,
+    parse_geochat_instruct,
+)
 from rsmeb_eval.formats.images import IMAGE_EXTENSIONS
 from rsmeb_eval.formats.karpathy import Caption, CaptionedImage, parse_karpathy
 from rsmeb_eval.formats.report import OnError, ParseReport, ParseWarning, Problem
@@ -30,7 +38,11 @@ __all__ = [
     "Caption",
     "CaptionedImage",
     "ComposedTriplet",
+    "GeoChatBox",
+    "GeoChatSample",
+    "GeoChatTurn",
     "GeoTile",
+    "GroundedPhrase",
     "OnError",
     "ParseReport",
     "ParseWarning",
@@ -42,6 +54,7 @@ __all__ = [
     "parse_composed",
     "parse_dior_rsvg",
     "parse_geo_tiles",
+    "parse_geochat_instruct",
     "parse_karpathy",
     "parse_rsvqa",
     "parse_scene_folders",
