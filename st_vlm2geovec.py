@@ -50,7 +50,8 @@ def write_remote_code(output_path: str | os.PathLike) -> None:
             raise FileNotFoundError(f"remote-code file {source} is missing; cannot write a loadable checkpoint")
         if source.resolve() != (output_path / name).resolve():
             shutil.copyfile(source, output_path / name)
-    _merge_json(output_path / "config.json", {"auto_map": MODEL_AUTO_MAP})
+    if (output_path / "config.json").is_file():  # absent for an unmerged adapter (a peft folder)
+        _merge_json(output_path / "config.json", {"auto_map": MODEL_AUTO_MAP})
     _merge_json(output_path / "processor_config.json", {"auto_map": PROCESSOR_AUTO_MAP})
 
 
@@ -241,19 +242,92 @@ class VLM2GeoVecEmbedder(InputModule):
         model_kwargs: dict[str, Any] | None = None,
         processor_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
+        merge_adapter: bool | None = None,
         **kwargs,
     ) -> "VLM2GeoVecEmbedder":
+        """Load a VLM2GeoVec checkpoint, or a LoRA adapter folder (one with ``adapter_config.json``).
+
+        An adapter folder holds no base weights: the base model is loaded from the adapter's
+        ``base_model_name_or_path`` (a relative path is resolved against the adapter folder first), the adapter
+        is applied with ``peft.PeftModel.from_pretrained`` and, by default, merged into the weights for
+        inference. Keep it unmerged (a trainable ``PeftModel``) with ``merge_adapter=False``, or from
+        ``SentenceTransformer`` with ``model_kwargs={"merge_adapter": False}``; a Trainer checkpoint (a folder
+        with ``trainer_state.json``) stays unmerged unless asked, so ``resume_from_checkpoint`` can load its
+        state dict into the model being trained. Needs ``peft``.
+        """
+        model_kwargs = dict(model_kwargs or {})
+        requested_merge = model_kwargs.pop("merge_adapter", None)
+        if merge_adapter is None:
+            merge_adapter = requested_merge
         hub = dict(token=token, cache_dir=cache_folder, revision=revision, local_files_only=local_files_only)
         if subfolder:
             hub["subfolder"] = subfolder
-        # This file was loaded from the checkpoint, so its sibling classes are the checkpoint's own.
-        model = VLM2GeoVecModel.from_pretrained(model_name_or_path, **hub, **(config_kwargs or {}), **(model_kwargs or {}))
+        adapter_config = _find_adapter_config(model_name_or_path, hub)
+        if adapter_config is not None and merge_adapter is None:
+            # A Trainer checkpoint is reloaded to resume training: its state dict must keep the adapters.
+            merge_adapter = not os.path.isfile(os.path.join(os.path.dirname(adapter_config), "trainer_state.json"))
+        if adapter_config is None:
+            # This file was loaded from the checkpoint, so its sibling classes are the checkpoint's own.
+            model = VLM2GeoVecModel.from_pretrained(model_name_or_path, **hub, **(config_kwargs or {}), **model_kwargs)
+        else:
+            model = _load_adapter_model(model_name_or_path, adapter_config, hub, merge_adapter,
+                                        {**(config_kwargs or {}), **model_kwargs})
         processor = VLM2GeoVecProcessor.from_pretrained(
             model_name_or_path, trust_remote_code=trust_remote_code, **hub, **(processor_kwargs or {})
         )
         settings = cls.load_config(model_name_or_path, subfolder=subfolder, token=token, cache_folder=cache_folder,
                                    revision=revision, local_files_only=local_files_only)
         return cls(model, processor, preprocess_workers=settings.get("preprocess_workers"))
+
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+def _find_adapter_config(model_name_or_path: str, hub: dict[str, Any]) -> str | None:
+    """Path of the folder's ``adapter_config.json`` (local or downloaded from the Hub), or None."""
+    if os.path.isdir(os.fspath(model_name_or_path)):
+        path = os.path.join(os.fspath(model_name_or_path), hub.get("subfolder", ""), ADAPTER_CONFIG_NAME)
+        return path if os.path.isfile(path) else None
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(model_name_or_path, ADAPTER_CONFIG_NAME, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, **hub)
+    except (OSError, ValueError):  # no such repository: let from_pretrained raise its own, clearer error
+        return None
+
+
+def _resolve_base(base: str, adapter_dir: str) -> str:
+    """A relative ``base_model_name_or_path`` is tried against the adapter folder first, then used as given."""
+    if not os.path.isabs(base):
+        candidate = os.path.normpath(os.path.join(adapter_dir, base))
+        if os.path.isdir(candidate):
+            return candidate
+    return base
+
+
+def _load_adapter_model(model_name_or_path: str, adapter_config_file: str, hub: dict[str, Any], merge: bool,
+                        model_kwargs: dict[str, Any]):
+    try:
+        from peft import PeftModel
+    except ImportError as error:
+        raise ImportError(
+            f"{model_name_or_path} is a LoRA adapter checkpoint (it has {ADAPTER_CONFIG_NAME}); loading it needs "
+            "peft: `pip install peft`. Or load the merged checkpoint written by vlm2geovec_train.lora.merge_and_save."
+        ) from error
+    with open(adapter_config_file, encoding="utf-8") as handle:
+        base = json.load(handle).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_config_file} names no base_model_name_or_path; cannot load the base model")
+    base = _resolve_base(base, os.path.dirname(os.path.abspath(adapter_config_file)))
+    # The base is another repository: the adapter's revision and subfolder do not apply to it.
+    base_hub = {key: hub[key] for key in ("token", "cache_dir", "local_files_only")}
+    model = VLM2GeoVecModel.from_pretrained(base, **base_hub, **model_kwargs)
+    adapter_hub = {key: value for key, value in hub.items() if key != "local_files_only" and value is not None}
+    model = PeftModel.from_pretrained(model, os.fspath(model_name_or_path), is_trainable=not merge, **adapter_hub)
+    if merge:
+        model = model.merge_and_unload()
+    return model.eval() if merge else model
 
 
 __all__ = ["VLM2GeoVecEmbedder", "write_remote_code"]

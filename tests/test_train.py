@@ -62,3 +62,21 @@ def test_config_rejects_unknown_settings(tmp_path):
     bad.write_text("learning_rate: 0.001\nlearnig_rate: 0.1\n")
     with pytest.raises(ValueError, match="learnig_rate"):
         TrainConfig.from_yaml(bad)
+
+
+def test_lora_training_writes_adapter_and_merged_checkpoints(nano_dir, lite_dir, tmp_path):
+    import numpy as np
+
+    from vlm2geovec import load_model
+    from vlm2geovec_train.recipe import train
+
+    model, _, _ = train(config(nano_dir, lite_dir, max_steps=3, lora={"r": 4, "alpha": 8, "dropout": 0.0}),
+                        tmp_path / "lora")
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "lora" / "model.safetensors").is_file()
+    items = ["a satellite image of open water", {"coords": (12.0, 34.0)}]
+    merged = load_model(str(tmp_path / "lora"), device="cpu").encode(items)
+    adapter = load_model(str(tmp_path / "lora" / "adapter"), device="cpu").encode(items)
+    base = load_model(str(nano_dir), device="cpu").encode(items)
+    assert np.abs(merged - adapter).max() <= 1e-4
+    assert np.abs(merged - base).max() > 1e-4  # the adapter learned something

@@ -23,6 +23,7 @@ class TrainConfig:
     # model
     model: str = "out/nano"  # VLM2GeoVec folder or Hub id
     freeze_token_embedding: bool = True  # 97% of nano's parameters and only a few rows are ever used
+    lora: dict[str, Any] | None = None  # LoraSettings fields (r, alpha, dropout, use_dora, include_vision...); None: full
     # data
     data: str = "out/rsmeb-lite"
     tasks: list[str] | None = None  # default: every task with a train split in `data`
@@ -110,6 +111,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoin
         backbone.get_input_embeddings().weight.requires_grad_(False)
     if config.gradient_checkpointing:
         backbone.gradient_checkpointing_enable()
+    if config.lora is not None:  # only the adapter trains; the backbone (token embedding included) stays frozen
+        from vlm2geovec_train.lora import LoraSettings, apply_lora
+
+        apply_lora(model, LoraSettings(**config.lora))
     # 3. Data: one dataset per task, so each batch is drawn from one task with that task's instructions.
     datasets, prompts = training_datasets(config.data, config.tasks, config.n_negatives, config.seed,
                                           config.max_rows_per_task)
@@ -150,7 +155,14 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoin
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=loss, evaluator=evaluator)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     # 7. Save: the same layout as `vlm2geovec nano`/`convert`, loadable by AutoModel and SentenceTransformer.
-    backbone.get_input_embeddings().weight.requires_grad_(True)
-    model.save(str(Path(out_dir)))
+    if config.lora is not None:
+        # Both forms (they give the same embeddings, tested): the adapter on its base, and merged weights.
+        from vlm2geovec_train.lora import merge_and_save, save_adapter
+
+        save_adapter(model, Path(out_dir) / "adapter", base_path=config.model)
+        merge_and_save(model, out_dir)
+    else:
+        backbone.get_input_embeddings().weight.requires_grad_(True)
+        model.save(str(Path(out_dir)))
     write_model_card(out_dir, config, {name: len(d) for name, d in datasets.items()})
     return model, trainer, result
