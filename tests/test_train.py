@@ -80,3 +80,12 @@ def test_lora_training_writes_adapter_and_merged_checkpoints(nano_dir, lite_dir,
     base = load_model(str(nano_dir), device="cpu").encode(items)
     assert np.abs(merged - adapter).max() <= 1e-4
     assert np.abs(merged - base).max() > 1e-4  # the adapter learned something
+
+
+def test_gradient_checkpointing_gives_the_same_first_loss(nano_dir, lite_dir, tmp_path):
+    from vlm2geovec_train.recipe import train
+
+    _, plain, _ = train(config(nano_dir, lite_dir, max_steps=2), tmp_path / "plain")
+    _, checkpointed, _ = train(config(nano_dir, lite_dir, max_steps=2, gradient_checkpointing=True), tmp_path / "ckpt")
+    assert losses(checkpointed)[1] == pytest.approx(losses(plain)[1], rel=1e-5)
+    assert losses(checkpointed)[2] == pytest.approx(losses(plain)[2], rel=1e-3)
