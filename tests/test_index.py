@@ -1,0 +1,187 @@
+"""The persisted vector index (vlm2geovec.index): exact = brute force, save/load round trip, HNSW recall, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, make_image
+from vlm2geovec.index import VectorIndex, build_index_from_items, validate_metadata
+
+
+def unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(vectors, queries, k):
+    sims = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, ids, axis=1), ids
+
+
+def geo_metadata(n: int) -> list[dict]:
+    return [{"id": f"tile-{i}", "source": f"scene_{i % 3}.tif", "window": [i, 0, i + 32, 32] if i % 2 else None,
+             "lat": -45 + i * 0.01, "lon": 10.0 + i * 0.01} for i in range(n)]
+
+
+def test_exact_search_equals_brute_force():
+    vectors, queries = unit(2000, 64, 0), unit(25, 64, 1)
+    index = VectorIndex.build(vectors, geo_metadata(2000), kind="exact")
+    assert index.kind == "exact" and len(index) == 2000 and index.dim == 64
+    scores, ids, metas = index.search(queries, k=10)
+    ref_scores, ref_ids = brute_force(vectors, queries, 10)
+    assert scores.shape == ids.shape == (25, 10) and ids.dtype == np.int64
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert [m["id"] for m in metas[3]] == [f"tile-{i}" for i in ref_ids[3]]
+    # A single 1-D query works too, and the auto kind picks exact search for a small index.
+    s1, i1, _ = index.search(queries[3], k=5)
+    np.testing.assert_array_equal(i1[0], ref_ids[3, :5])
+    assert VectorIndex.build(vectors[:100], None).kind == "exact"
+
+
+def test_non_unit_vectors_are_normalised_with_a_warning():
+    vectors = unit(50, 16) * np.arange(1, 51, dtype=np.float32)[:, None]
+    with pytest.warns(UserWarning, match="not unit-normalised"):
+        index = VectorIndex.build(vectors, None, kind="exact")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unit queries: no warning
+        scores, ids, metas = index.search(unit(50, 16)[7:8], k=1)
+    assert ids[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5) and metas[0][0] == {"id": 7}
+
+
+@pytest.mark.parametrize("kind, params", [("exact", {}), ("hnsw", {"M": 16, "ef_search": 64}), ("ivf", {"nprobe": 4})])
+def test_save_load_round_trip(tmp_path, kind, params):
+    vectors, queries = unit(3000, 32, 2), unit(20, 32, 3)
+    meta = geo_metadata(3000)
+    index = VectorIndex.build(vectors, meta, kind=kind, fingerprint="sha256:test", **params)
+    before = index.search(queries, k=10)
+    folder = index.save(tmp_path / "idx")
+    assert sorted(p.name for p in folder.iterdir()) == ["index.faiss", "index.json", "metadata.jsonl"]
+    info = json.loads((folder / "index.json").read_text())
+    assert info["kind"] == kind and info["dim"] == 32 and info["count"] == 3000
+    assert info["model_fingerprint"] == "sha256:test" and info["params"] == index.params
+    loaded = VectorIndex.load(folder)
+    assert loaded.kind == kind and loaded.params == index.params and loaded.metadata == meta
+    after = loaded.search(queries, k=10)
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_allclose(after[0], before[0], atol=1e-6)
+    assert after[2] == before[2]
+
+
+def test_hnsw_recall_at_10_vs_exact():
+    vectors, queries = unit(20_000, 128, 4), unit(200, 128, 5)
+    exact = VectorIndex.build(vectors, None, kind="exact")
+    hnsw = VectorIndex.build(vectors, None, kind="hnsw", M=32, ef_construction=200, ef_search=256)
+    assert hnsw.kind == "hnsw" and hnsw.index.hnsw.efSearch == 256
+    _, exact_ids, _ = exact.search(queries, 10)
+    _, approx_ids, _ = hnsw.search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx_ids.tolist(), exact_ids.tolist())])
+    print(f"HNSW recall@10 = {recall:.4f} (n=20000, dim=128, M=32, efConstruction=200, efSearch=256)")
+    assert recall >= 0.95
+    # efSearch is a search-time knob: lower it, recall may drop but the ids stay valid.
+    hnsw.set_search_params(ef_search=16)
+    assert hnsw.index.hnsw.efSearch == 16 and hnsw.params["ef_search"] == 16
+    _, low_ids, _ = hnsw.search(queries, 10)
+    assert ((low_ids >= -1) & (low_ids < 20_000)).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    vectors = unit(100, 16)
+    index = VectorIndex.build(vectors, None, kind="exact")
+    with pytest.raises(ValueError, match="dimension 8, but the index has dimension 16"):
+        index.search(unit(2, 8), k=3)
+    with pytest.raises(ValueError, match="k=101 is larger than the number of indexed vectors"):
+        index.search(unit(2, 16), k=101)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search(unit(2, 16), k=0)
+    bad = vectors.copy()
+    bad[5, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(rows \[5\]\)"):
+        VectorIndex.build(bad, None)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(bad[:6], k=1)
+    with pytest.raises(ValueError, match="metadata has 99 entries but there are 100 vectors"):
+        VectorIndex.build(vectors, [{}] * 99)
+    with pytest.raises(ValueError, match="must be a float array"):
+        VectorIndex.build(vectors.astype(np.int64), None)
+    with pytest.raises(ValueError, match="2-D array"):
+        VectorIndex.build(vectors[0], None)
+    with pytest.raises(ValueError, match="zero vectors"):
+        VectorIndex.build(np.zeros((3, 4), np.float32), None)
+    with pytest.raises(ValueError, match="kind must be"):
+        VectorIndex.build(vectors, None, kind="annoy")
+    with pytest.raises(ValueError, match="unknown parameters for a hnsw index"):
+        VectorIndex.build(vectors, None, kind="hnsw", nprobe=3)
+    with pytest.raises(ValueError, match=r"\['window'\] needs 0 <= x0 < x1"):
+        validate_metadata([{"window": [10, 0, 5, 8]}], 1)
+    with pytest.raises(ValueError, match=r"\['lat'\] must be a number in \[-90, 90\]"):
+        validate_metadata([{"lat": 91.0}], 1)
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        validate_metadata([{"extra": object()}], 1)
+    with pytest.raises(ValueError, match="must be a dict"):
+        validate_metadata(["tile-0"], 1)
+    assert validate_metadata([{"window": (0, 0, 4, 4), "lat": 1, "lon": -2}], 1) == [
+        {"window": [0, 0, 4, 4], "lat": 1, "lon": -2}]
+
+
+def test_build_index_from_items_with_nano_model(nano_dir, tmp_path):
+    from vlm2geovec import load_model
+
+    model = load_model(str(nano_dir), device="cpu")
+    items = [
+        {"image": make_image(64, 48, 0)},
+        {"image": make_image(80, 80, 1), "bbox": [4, 4, 40, 40]},
+        {"image": make_image(96, 64, 2), "bbox": [10, 8, 60, 50], "text": "a dirt track through pines"},
+        "dense conifer forest with a few dead standing trees",
+        "open sandhill with scattered longleaf pine crowns",
+        "bare ground",
+        {"coords": (29.68, -82.01), "text": "grassland with isolated shrubs"},
+        {"coords": (-33.9, 151.2)},
+        {"image": make_image(72, 72, 3), "text": "mixed woodland on a slope"},
+        "a tree",
+    ]
+    meta = [{"id": f"item-{i}", "source": "test", "window": None, "lat": None, "lon": None} for i in range(len(items))]
+    index = build_index_from_items(model, items, meta, batch_size=4)
+    assert len(index) == len(items) and index.kind == "exact"
+    assert index.fingerprint and index.fingerprint.startswith("sha256:")
+    query = model.encode([items[2]], convert_to_numpy=True)
+    scores, ids, metas = index.search(query, k=3)
+    assert ids[0, 0] == 2 and metas[0][0]["id"] == "item-2" and scores[0, 0] == pytest.approx(1.0, abs=1e-3)
+    loaded = VectorIndex.load(index.save(tmp_path / "nano-index"))
+    assert loaded.fingerprint == index.fingerprint
+    np.testing.assert_array_equal(loaded.search(query, k=3)[1], ids)
+    with pytest.raises(ValueError, match="metadata has 2 entries but there are 10 items"):
+        build_index_from_items(model, items, meta[:2])
+
+
+def test_search_benchmark_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_search", REPO_ROOT / "bench" / "search.py")
+    search = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(search)
+    out = tmp_path / "search.json"
+    record = search.main(["--quick", "--sizes", "2000", "--dim", "32", "--queries", "20", "--json", str(out),
+                          "--results-md", ""])
+    assert json.loads(out.read_text()) == record
+    kinds = [(run["n"], run["kind"]) for run in record["runs"]]
+    assert kinds == [(2000, "exact"), (2000, "hnsw")]
+    exact, hnsw = record["runs"]
+    assert exact["index_bytes"] >= 2000 * 32 * 4 and hnsw["index_bytes"] > exact["index_bytes"]
+    assert exact["ms_per_query"] > 0 and hnsw["build_s"] > 0
+    assert 0.9 <= hnsw["recall_at_10"] <= 1.0
+
+
+def test_auto_kind_switches_to_hnsw_at_the_threshold(monkeypatch):
+    import vlm2geovec.index as index_module
+
+    monkeypatch.setattr(index_module, "AUTO_EXACT_BELOW", 500)
+    assert VectorIndex.build(unit(499, 8), None).kind == "exact"
+    big = VectorIndex.build(unit(500, 8), None)
+    assert big.kind == "hnsw" and big.params == {"M": 32, "ef_construction": 200, "ef_search": 256}
+    with pytest.raises(ValueError, match="no search parameters"):
+        VectorIndex.build(unit(10, 8), None, kind="exact").set_search_params(ef_search=10)

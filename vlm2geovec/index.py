@@ -1,0 +1,266 @@
+"""A persisted vector index over VLM2GeoVec embeddings: exact and approximate (HNSW, IVF) cosine search.
+
+    from vlm2geovec import load_model
+    from vlm2geovec.index import VectorIndex, build_index_from_items
+
+    index = build_index_from_items(load_model("ckpt"), items, metadata)   # embeds, then builds
+    scores, ids, metas = index.search(query_vectors, k=10)
+    index.save("out/index"); index = VectorIndex.load("out/index")
+
+Embeddings are unit-normalised, so inner product = cosine similarity; every index uses the inner-product
+metric. A folder written by `save` holds `index.faiss` (the faiss index), `metadata.jsonl` (one JSON object
+per vector, in id order) and `index.json` (kind, dim, count, params, model fingerprint).
+
+Metadata per vector is a free JSON-serialisable dict; these keys, when present, are validated:
+`id` (str or int), `source` (str), `window` (pixel window [x0, y0, x1, y1] with x0 < x1, y0 < y1, or None),
+`lat` (-90..90), `lon` (-180..180).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+KINDS = ("exact", "hnsw", "ivf")
+AUTO_EXACT_BELOW = 50_000  # `kind="auto"`: exact search below this many vectors, HNSW from here on
+DEFAULT_PARAMS = {
+    "exact": {},
+    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 256},
+    "ivf": {"nlist": None, "nprobe": 16},  # nlist None: ~4*sqrt(n), at most n // 39 (faiss wants 39 points/list)
+}
+FORMAT_VERSION = 1
+NORM_TOLERANCE = 1e-3
+INDEX_FILE, METADATA_FILE, INFO_FILE = "index.faiss", "metadata.jsonl", "index.json"
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("vlm2geovec.index needs faiss: pip install faiss-cpu") from error
+    return faiss
+
+
+def _as_matrix(vectors: Any, name: str, dim: int | None = None) -> np.ndarray:
+    """Validate a (n, d) float matrix; return it as contiguous float32, unit-normalised (warning if it was not)."""
+    array = np.asarray(vectors)
+    if array.ndim == 1 and name == "queries":
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n, d); got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty; got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must be a float array (float32 preferred); got dtype {array.dtype}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"{name} have dimension {array.shape[1]}, but the index has dimension {dim}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+        raise ValueError(f"{name} contain NaN or infinite values (rows {bad[:10].tolist()})")
+    norms = np.linalg.norm(array, axis=1)
+    if (norms == 0).any():
+        raise ValueError(f"{name} contain zero vectors (rows {np.flatnonzero(norms == 0)[:10].tolist()}); cannot normalise")
+    if np.abs(norms - 1).max() > NORM_TOLERANCE:
+        warnings.warn(f"{name} are not unit-normalised (norms {norms.min():.4g}..{norms.max():.4g}); normalising them",
+                      stacklevel=3)
+    return np.ascontiguousarray(array / norms[:, None], dtype=np.float32)
+
+
+def _check_number(value: Any, key: str, row: int, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"metadata[{row}]['{key}'] must be a number in [{low}, {high}]; got {value!r}")
+
+
+def validate_metadata(metadata: Sequence[dict] | None, count: int) -> list[dict]:
+    """Check one JSON-serialisable dict per vector (see the module docstring); None gives `{"id": i}`."""
+    if metadata is None:
+        return [{"id": i} for i in range(count)]
+    if isinstance(metadata, (dict, str, bytes)) or not isinstance(metadata, Sequence):
+        raise ValueError(f"metadata must be a list of dicts, one per vector; got {type(metadata).__name__}")
+    if len(metadata) != count:
+        raise ValueError(f"metadata has {len(metadata)} entries but there are {count} vectors")
+    checked = []
+    for row, entry in enumerate(metadata):
+        if not isinstance(entry, dict):
+            raise ValueError(f"metadata[{row}] must be a dict; got {type(entry).__name__}")
+        if "id" in entry and (isinstance(entry["id"], bool) or not isinstance(entry["id"], (str, int))):
+            raise ValueError(f"metadata[{row}]['id'] must be a str or int; got {entry['id']!r}")
+        if "source" in entry and entry["source"] is not None and not isinstance(entry["source"], str):
+            raise ValueError(f"metadata[{row}]['source'] must be a str; got {entry['source']!r}")
+        window = entry.get("window")
+        if window is not None:
+            if (not isinstance(window, (list, tuple)) or len(window) != 4
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in window)):
+                raise ValueError(f"metadata[{row}]['window'] must be [x0, y0, x1, y1] or None; got {window!r}")
+            x0, y0, x1, y1 = window
+            if not (0 <= x0 < x1 and 0 <= y0 < y1):
+                raise ValueError(f"metadata[{row}]['window'] needs 0 <= x0 < x1 and 0 <= y0 < y1; got {list(window)}")
+        if entry.get("lat") is not None:
+            _check_number(entry["lat"], "lat", row, -90, 90)
+        if entry.get("lon") is not None:
+            _check_number(entry["lon"], "lon", row, -180, 180)
+        try:
+            entry = json.loads(json.dumps(entry, allow_nan=False))  # a JSON round trip: tuples -> lists, no aliasing
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"metadata[{row}] is not JSON-serialisable: {error}") from None
+        checked.append(entry)
+    return checked
+
+
+def model_fingerprint(model) -> str:
+    """A cheap fingerprint of a model's weights: parameter names, shapes and a few values of each tensor."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)[:16].float().cpu().numpy()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(flat.tobytes())
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+class VectorIndex:
+    """Cosine-similarity search over unit-normalised vectors with per-vector metadata. Use `build` or `load`."""
+
+    def __init__(self, faiss_index, metadata: list[dict], kind: str, params: dict, fingerprint: str | None = None):
+        self.index = faiss_index
+        self.metadata = metadata
+        self.kind = kind
+        self.params = params
+        self.fingerprint = fingerprint
+        self._apply_search_params()
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def __repr__(self) -> str:
+        return f"VectorIndex(kind={self.kind!r}, count={len(self)}, dim={self.dim}, params={self.params})"
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, metadata: Sequence[dict] | None = None, kind: str = "auto",
+              fingerprint: str | None = None, **params) -> "VectorIndex":
+        """Index `vectors` (n, d) float32 with one metadata dict each.
+
+        kind: "exact" (IndexFlatIP), "hnsw" (IndexHNSWFlat, inner product; params M, ef_construction, ef_search),
+        "ivf" (IndexIVFFlat, inner product; params nlist, nprobe) or "auto" (exact below 50k vectors, else HNSW).
+        """
+        faiss = _faiss()
+        vectors = _as_matrix(vectors, "vectors")
+        count, dim = vectors.shape
+        metadata = validate_metadata(metadata, count)
+        if kind == "auto":
+            kind = "exact" if count < AUTO_EXACT_BELOW else "hnsw"
+        if kind not in KINDS:
+            raise ValueError(f"kind must be 'auto' or one of {KINDS}; got {kind!r}")
+        unknown = set(params) - set(DEFAULT_PARAMS[kind])
+        if unknown:
+            raise ValueError(f"unknown parameters for a {kind} index: {sorted(unknown)} "
+                             f"(known: {sorted(DEFAULT_PARAMS[kind])})")
+        params = {**DEFAULT_PARAMS[kind], **params}
+        if kind == "exact":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "hnsw":
+            for key in params:
+                if int(params[key]) < 1:
+                    raise ValueError(f"{key} must be a positive integer; got {params[key]!r}")
+                params[key] = int(params[key])
+            index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = params["ef_construction"]
+        else:
+            nlist = params["nlist"] or max(1, min(int(4 * math.sqrt(count)), count // 39))
+            if not 1 <= int(nlist) <= count:
+                raise ValueError(f"nlist must be between 1 and the number of vectors ({count}); got {nlist}")
+            params["nlist"], params["nprobe"] = int(nlist), int(params["nprobe"])
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+            index.train(vectors)
+        index.add(vectors)
+        return cls(index, metadata, kind, params, fingerprint)
+
+    def _apply_search_params(self) -> None:
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(self.params["ef_search"])
+        elif self.kind == "ivf":
+            self.index.nprobe = int(self.params["nprobe"])
+
+    def set_search_params(self, **params) -> None:
+        """Change the speed/recall trade-off of a built or loaded index: ef_search (HNSW) or nprobe (IVF)."""
+        allowed = {"hnsw": {"ef_search"}, "ivf": {"nprobe"}}.get(self.kind, set())
+        unknown = set(params) - allowed
+        if unknown:
+            raise ValueError(f"a {self.kind} index has no search parameters {sorted(unknown)} (allowed: {sorted(allowed)})")
+        for key, value in params.items():
+            if int(value) < 1:
+                raise ValueError(f"{key} must be a positive integer; got {value!r}")
+            self.params[key] = int(value)
+        self._apply_search_params()
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray, list[list[dict | None]]]:
+        """Top-k by cosine similarity: (scores (m, k) float32, ids (m, k) int64, metadata lists (m x k)).
+
+        Approximate indexes may find fewer than k neighbours: those slots hold id -1, score -inf, metadata None.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer; got {k!r}")
+        if k > len(self):
+            raise ValueError(f"k={k} is larger than the number of indexed vectors ({len(self)})")
+        queries = _as_matrix(queries, "queries", dim=self.dim)
+        scores, ids = self.index.search(queries, int(k))
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        metas = [[self.metadata[i] if i >= 0 else None for i in row] for row in ids.tolist()]
+        return scores, ids.astype(np.int64), metas
+
+    def info(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "kind": self.kind, "dim": self.dim, "count": len(self),
+                "metric": "inner_product", "params": self.params, "model_fingerprint": self.fingerprint}
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _faiss().write_index(self.index, str(folder / INDEX_FILE))
+        with open(folder / METADATA_FILE, "w", encoding="utf-8") as handle:
+            for entry in self.metadata:
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        (folder / INFO_FILE).write_text(json.dumps(self.info(), indent=2) + "\n", encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "VectorIndex":
+        folder = Path(folder)
+        missing = [name for name in (INDEX_FILE, METADATA_FILE, INFO_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not a saved VectorIndex (missing {', '.join(missing)})")
+        info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
+        if info.get("format_version", 1) > FORMAT_VERSION:
+            raise ValueError(f"{folder} was written by a newer version (format {info['format_version']})")
+        index = _faiss().read_index(str(folder / INDEX_FILE))
+        with open(folder / METADATA_FILE, encoding="utf-8") as handle:
+            metadata = [json.loads(line) for line in handle if line.strip()]
+        if index.ntotal != info["count"] or len(metadata) != info["count"] or index.d != info["dim"]:
+            raise ValueError(f"{folder} is inconsistent: index has {index.ntotal} x {index.d}, metadata "
+                             f"{len(metadata)} rows, index.json says {info['count']} x {info['dim']}")
+        return cls(index, metadata, info["kind"], info["params"], info.get("model_fingerprint"))
+
+
+def build_index_from_items(model, items: Sequence, metadata: Sequence[dict] | None = None, batch_size: int = 16,
+                           kind: str = "auto", fingerprint: str | None = None, **params) -> VectorIndex:
+    """Embed `items` with a SentenceTransformer (`vlm2geovec.load_model`) and index them.
+
+    The fingerprint defaults to `model_fingerprint(model)`, stored in `index.json` to catch mixing models.
+    """
+    if metadata is not None and len(metadata) != len(items):
+        raise ValueError(f"metadata has {len(metadata)} entries but there are {len(items)} items")
+    vectors = model.encode(list(items), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)
+    if fingerprint is None:
+        fingerprint = model_fingerprint(model)
+    return VectorIndex.build(np.asarray(vectors, dtype=np.float32), metadata, kind=kind, fingerprint=fingerprint,
+                             **params)
