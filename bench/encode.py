@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import platform
 import random
 import sys
@@ -32,6 +30,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import write_outputs  # noqa: E402
 
 QWEN2VL_2B_TEXT = dict(
     vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -264,13 +265,7 @@ def main(argv=None) -> dict:
             "preprocess_share": round(min(1.0, length["preprocess_s"] / wall), 4),
         },
     }
-    print(json.dumps(record, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-    if args.results_md and not args.quick:
-        append_results_md(record, Path(args.results_md))
-    return record
+    return write_outputs(record, args.json, args.results_md, args.quick, append_results_md)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import write_outputs  # noqa: E402
 
 
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -138,13 +141,7 @@ def main(argv=None) -> dict:
         "environment": environment(),
         "runs": runs,
     }
-    print(json.dumps(record, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-    if args.results_md and not args.quick:
-        append_results_md(record, Path(args.results_md))
-    return record
+    return write_outputs(record, args.json, args.results_md, args.quick, append_results_md)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Writes ``OUT/before/results.json`` and ``OUT/after/results.json`` (RSMEB results
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any

@@ -1,0 +1,18 @@
+"""What every benchmark script does with its record: print it, write the JSON, append to RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+
+def write_outputs(record: dict, json_path: str | None, results_md: str | None, quick: bool,
+                  append: Callable[[dict, Path], None]) -> dict:
+    print(json.dumps(record, indent=2))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
+    if results_md and not quick:  # quick runs (CI) never touch the recorded results
+        append(record, Path(results_md))
+    return record
