@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import resource
 import sys
 import time
@@ -24,6 +23,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from common import write_outputs  # noqa: E402
+
 try:
     import vlm2geovec_train  # noqa: F401
 except ImportError:  # a source checkout that is not pip-installed: load `train/` under its installed name
@@ -58,6 +60,19 @@ def step(st_model, loss, anchors, positives, device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start, float(value)
+
+
+def append_results_md(record: dict, path: Path) -> None:
+    env = record["environment"]
+    lines = [f"\n### train step — {record['model']} on {env.get('gpu') or 'CPU'}, {env['date']}\n",
+             f"Forward + backward of the contrastive loss, (image+box+text, caption) pairs, dtype {record['dtype']}, "
+             f"token embedding frozen, GradCache mini-batch {record['mini_batch_size']}; torch {env['torch']}. "
+             "Peak = device memory above the weights (GPU) or growth of peak RSS (CPU, a lower bound).\n\n",
+             "| batch | loss | status | step s | peak extra GiB |\n|---|---|---|---|---|\n"]
+    lines += [f"| {r['batch_size']} | {r['loss']} | {r['status']} | {r['step_s']} | {r['peak_extra_gib']} |\n"
+              for r in record["rows"]]
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.writelines(lines)
 
 
 def main(argv=None) -> dict:
@@ -111,20 +126,7 @@ def main(argv=None) -> dict:
             print(rows[-1], flush=True)
     record = {"benchmark": "train", "model": args.model, "mini_batch_size": args.mini_batch_size,
               "dtype": str(dtype).replace("torch.", ""), "environment": environment(args.device), "rows": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
-    if args.results_md and not args.quick:
-        env = record["environment"]
-        lines = [f"\n### train step — {args.model} on {env.get('gpu') or 'CPU'}, {env['date']}\n",
-                 f"Forward + backward of the contrastive loss, (image+box+text, caption) pairs, dtype {record['dtype']}, "
-                 f"token embedding frozen, GradCache mini-batch {args.mini_batch_size}; torch {env['torch']}. "
-                 "Peak = device memory above the weights (GPU) or growth of peak RSS (CPU, a lower bound).\n\n",
-                 "| batch | loss | status | step s | peak extra GiB |\n|---|---|---|---|---|\n"]
-        lines += [f"| {r['batch_size']} | {r['loss']} | {r['status']} | {r['step_s']} | {r['peak_extra_gib']} |\n" for r in rows]
-        with open(args.results_md, "a", encoding="utf-8") as handle:
-            handle.writelines(lines)
-    return record
+    return write_outputs(record, args.json, args.results_md, args.quick, append_results_md)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,11 @@ def configs_yaml(entries: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def has_task(folder: str | os.PathLike, task: str) -> bool:
+    """Whether an RSMEB dataset folder holds data for `task` (the layout `write_task` writes)."""
+    return os.path.isdir(os.path.join(folder, "data", task))
+
+
 def load_task(folder: str | os.PathLike, task: str, split: str = "test"):
     """(queries, corpus) as `datasets.Dataset`s, offline, with exact features."""
     from datasets import load_dataset

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from rsmeb_eval.cache import EmbeddingCache
+from rsmeb_eval.dataset_io import has_task
 from rsmeb_eval.encoders import Encoder, item_key
 from rsmeb_eval.metrics import candidate_metrics, corpus_metrics
 from rsmeb_eval.registry import get_tasks
@@ -117,12 +118,12 @@ def evaluate(
     from tqdm.auto import tqdm
 
     if tasks is None:
-        tasks = [t for t in get_tasks() if _has_task(data_dir, t.name)]
+        tasks = [t for t in get_tasks() if has_task(data_dir, t.name)]
         if not tasks:
             raise ValueError(f"{data_dir}: no RSMEB task data found (expected data/<task>/<split>.parquet)")
     tasks = [t if isinstance(t, RSMEBTask) else get_tasks([t])[0] for t in tasks]
     for task in tasks:
-        if not _has_task(data_dir, task.name):
+        if not has_task(data_dir, task.name):
             raise ValueError(f"{data_dir}: no data for task {task.name!r}")
     cache = EmbeddingCache(cache_dir) if cache_dir is not None else None
     results: dict[str, Any] = {"model": encoder.name, "split": split, "tasks": {}}
@@ -145,7 +146,3 @@ def evaluate(
             chance_family[task_result["family"]].append(task_result["chance"])
     results["families_chance"] = {f: float(np.mean(v)) for f, v in chance_family.items()}
     return results
-
-
-def _has_task(data_dir: str | os.PathLike, name: str) -> bool:
-    return os.path.isdir(os.path.join(data_dir, "data", name))

@@ -8,7 +8,6 @@ Items are stored in the processor's own format (`image`, `text`, `bbox`, `coords
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from typing import Any
@@ -29,12 +28,10 @@ def row_to_training_item(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def content_id(item: dict[str, Any]) -> int:
-    digest = hashlib.sha256()
-    image = item.get("image")
-    if image is not None:
-        digest.update(hashlib.sha256(image["bytes"]).digest())
-    digest.update(repr((item.get("text"), item.get("bbox"), item.get("coords"))).encode())
-    return int(digest.hexdigest()[:15], 16)
+    """The item's content hash (the evaluation cache's key, without instruction) as an int64 label."""
+    from rsmeb_eval.encoders import item_key
+
+    return int(item_key(item, None)[:15], 16)
 
 
 def task_training_rows(task, data_dir: str | os.PathLike, n_negatives: int = 1, seed: int = 0,
@@ -63,10 +60,10 @@ def training_datasets(data_dir: str | os.PathLike, task_names: list[str] | None 
     """`(DatasetDict, prompts)` for `SentenceTransformerTrainer`: one dataset and one prompt map per task."""
     from datasets import Dataset, DatasetDict, Features, List, Value
 
+    from rsmeb_eval.dataset_io import has_task
     from rsmeb_eval.registry import get_tasks
 
-    tasks = get_tasks(task_names) if task_names else [t for t in get_tasks()
-                                                      if os.path.isdir(os.path.join(data_dir, "data", t.name))]
+    tasks = get_tasks(task_names) if task_names else [t for t in get_tasks() if has_task(data_dir, t.name)]
     item = item_features()
     columns = {"anchor": item, "positive": item, **{NEGATIVE_COLUMN.format(i + 1): item for i in range(n_negatives)}}
     features = Features({**columns, "label": List(Value("int64"))})
