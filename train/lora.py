@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -169,8 +168,6 @@ def save_adapter(st_model, out_dir: str | os.PathLike, base_path: str | os.PathL
     ``chat_template.jinja``), ``sentence_vlm2geovec_config.json``, ``modules.json``,
     ``config_sentence_transformers.json`` and the three remote-code files.
     """
-    from st_vlm2geovec import PROCESSOR_AUTO_MAP, REMOTE_CODE_FILES
-
     from sentence_transformers import SentenceTransformer
 
     embedder = _require_peft_embedder(st_model)
@@ -188,20 +185,9 @@ def save_adapter(st_model, out_dir: str | os.PathLike, base_path: str | os.PathL
     # 2. Processor and module settings, as the module's own save writes them.
     embedder.processor.save_pretrained(str(out_dir))
     embedder.save_config(str(out_dir))
-    # 3. Remote code: the module (modules.json points at st_vlm2geovec) and the files it imports, taken from
-    # where the running module class was loaded (the package, or a checkpoint's remote-code copy).
-    source_dir = Path(sys.modules[type(embedder).__module__].__file__).resolve().parent
-    for name in REMOTE_CODE_FILES:
-        source = source_dir / name
-        if not source.is_file():
-            raise FileNotFoundError(f"remote-code file {source} is missing; cannot write a loadable adapter folder")
-        if source.resolve() != (out_dir / name).resolve():
-            shutil.copyfile(source, out_dir / name)
-    processor_config_path = out_dir / "processor_config.json"
-    processor_config = json.loads(processor_config_path.read_text(encoding="utf-8"))
-    processor_config["auto_map"] = dict(PROCESSOR_AUTO_MAP)
-    processor_config_path.write_text(json.dumps(processor_config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                                     encoding="utf-8")
+    # 3. Remote code and the processor's auto_map, by the module's own writer: the files come from where the
+    # running module class was loaded (the package, or a checkpoint's remote-code copy). No config.json here.
+    sys.modules[type(embedder).__module__].write_remote_code(out_dir)
     # 4. SentenceTransformer's files, written as its own save() writes them.
     model_config = st_model._get_model_config()  # prompts, similarity function, versions
     (out_dir / "config_sentence_transformers.json").write_text(json.dumps(model_config, indent=2, sort_keys=True),
