@@ -1,11 +1,14 @@
-"""Vector search cost of `vlm2geovec.index.VectorIndex`: exact (IndexFlatIP) vs HNSW on random unit vectors.
+"""Vector search cost of `vlm2geovec.index.VectorIndex`: exact (IndexFlatIP) vs HNSW vs IVF.
 
     python bench/search.py --quick --json out/bench_search.json        # CI: 10^4 vectors, dim 128
     python bench/search.py --dim 1536 --json OUT.json                   # full: 10^5 and 10^6 vectors
 
-Reported per size and kind: build time, query latency (ms/query, one batch of `--queries` queries, best of
-`--repeats`), index memory (bytes of the serialised faiss index) and, for HNSW, recall@10 against exact search.
-Results go to `--json` and (full runs) are appended to `bench/RESULTS.md`.
+Two kinds of data (`--data`): `random` unit vectors (the worst case for graph and cluster indexes: every point is
+almost equally far from every other) and `clustered` ones (a mixture of Gaussian clusters, closer to what
+embedding models produce). Each index is built once and then searched at every value of its speed/recall knob
+(`--ef-search` for HNSW, `--nprobe` for IVF). Reported per row: build time, query latency (ms/query, one batch of
+`--queries` queries, best of `--repeats`), index memory (bytes of the serialised faiss index) and recall@10
+against exact search. Results go to `--json` and (full runs) are appended to `bench/RESULTS.md`.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import write_outputs  # noqa: E402
 
 
-def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+def unit_vectors(n: int, dim: int, seed: int, data: str = "random", clusters: int = 1000) -> np.ndarray:
+    """`n` unit vectors: isotropic Gaussian (`random`) or a Gaussian mixture (`clustered`, centres from seed 0)."""
     rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).standard_normal((clusters, dim), dtype=np.float32) if data == "clustered" else None
     out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 100_000):  # chunks keep the float64 temporaries small at 10^6 x 1536
+    for start in range(0, n, 100_000):  # chunks keep the temporaries small at 10^6 x 1536
         block = rng.standard_normal((min(100_000, n - start), dim), dtype=np.float32)
+        if centres is not None:  # noise as large as the centre: cosine ~0.5 within a cluster, ~0 across
+            block = centres[rng.integers(0, clusters, len(block))] + block
         out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
@@ -48,26 +55,35 @@ def serialised_bytes(index) -> int:
         return (Path(folder) / "index.faiss").stat().st_size
 
 
-def measure(kind: str, vectors, queries, k: int, repeats: int, params: dict) -> tuple[dict, np.ndarray]:
-    from vlm2geovec.index import VectorIndex
-
-    start = time.perf_counter()
-    index = VectorIndex.build(vectors, None, kind=kind, **params)
-    build_s = time.perf_counter() - start
+def timed_search(index, queries, k: int, repeats: int) -> tuple[float, np.ndarray]:
     index.search(queries[:2], k)  # warm-up
-    best = float("inf")
+    best, ids = float("inf"), None
     for _ in range(repeats):
         start = time.perf_counter()
         _, ids, _ = index.search(queries, k)
         best = min(best, time.perf_counter() - start)
-    result = {
-        "kind": kind,
-        "params": dict(index.params),
-        "build_s": round(build_s, 4),
-        "ms_per_query": round(1000 * best / len(queries), 4),
-        "index_bytes": serialised_bytes(index),
-    }
-    return result, ids
+    return round(1000 * best / len(queries), 4), ids
+
+
+def measure(kind: str, vectors, queries, k: int, repeats: int, build_params: dict, sweep: dict,
+            exact_ids: np.ndarray | None) -> list[dict]:
+    """Build one index, then one row per value of its search knob (`sweep`: {"ef_search": [..]} or similar)."""
+    from vlm2geovec.index import VectorIndex
+
+    start = time.perf_counter()
+    index = VectorIndex.build(vectors, None, kind=kind, **build_params)
+    build_s = round(time.perf_counter() - start, 4)
+    size = serialised_bytes(index)
+    rows = []
+    settings = [{key: value} for key, values in sweep.items() for value in values] or [{}]
+    for setting in settings:
+        if setting:
+            index.set_search_params(**setting)
+        ms, ids = timed_search(index, queries, k, repeats)
+        row = {"kind": kind, "params": dict(index.params), "build_s": build_s, "ms_per_query": ms, "index_bytes": size}
+        row["recall_at_10"] = 1.0 if exact_ids is None else round(recall_at(ids, exact_ids, min(10, k)), 4)
+        rows.append((row, ids))
+    return rows
 
 
 def environment() -> dict:
@@ -87,16 +103,17 @@ def append_results_md(record: dict, path: Path) -> None:
     env = record["environment"]
     lines = [
         f"\n### search — dim {record['dim']} on CPU ({env['faiss_threads']} threads), {env['date']}\n",
-        f"Random unit vectors, {record['n_queries']} queries per batch, k={record['k']}; faiss {env['faiss']}. "
-        "Memory = bytes of the serialised faiss index; recall@10 of HNSW against exact search.\n\n",
-        "| vectors | kind | params | build s | ms/query | index MiB | recall@10 |\n",
-        "|---|---|---|---|---|---|---|\n",
+        f"{record['n_queries']} queries per batch, k={record['k']}; faiss {env['faiss']}. Data: `random` = isotropic "
+        "unit vectors (worst case), `clustered` = mixture of 1,000 Gaussian clusters. Memory = bytes of the "
+        "serialised faiss index; recall@10 against exact search; build s is per index (shared by its rows).\n\n",
+        "| data | vectors | kind | params | build s | ms/query | index MiB | recall@10 |\n",
+        "|---|---|---|---|---|---|---|---|\n",
     ]
     for run in record["runs"]:
         params = ", ".join(f"{k}={v}" for k, v in run["params"].items()) or "-"
         lines.append(
-            f"| {run['n']} | {run['kind']} | {params} | {run['build_s']} | {run['ms_per_query']} | "
-            f"{run['index_bytes'] / 2**20:.1f} | {run.get('recall_at_10', '-')} |\n"
+            f"| {run['data']} | {run['n']} | {run['kind']} | {params} | {run['build_s']} | {run['ms_per_query']} | "
+            f"{run['index_bytes'] / 2**20:.1f} | {run['recall_at_10']} |\n"
         )
     with open(path, "a", encoding="utf-8") as handle:
         handle.writelines(lines)
@@ -106,35 +123,47 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, default=128, help="vector dimension (1536 = VLM2GeoVec-2B, 128 = small)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="index sizes (default 1e5 1e6; quick 1e4)")
+    parser.add_argument("--data", nargs="+", choices=["random", "clustered"], default=None,
+                        help="vector distributions (default: both; quick: clustered)")
+    parser.add_argument("--kinds", nargs="+", choices=["hnsw", "ivf"], default=["hnsw", "ivf"],
+                        help="approximate indexes to compare with exact search")
     parser.add_argument("--queries", type=int, default=100, help="queries per timed batch")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="timed query batches (best kept)")
     parser.add_argument("--M", type=int, default=32, help="HNSW graph degree")
     parser.add_argument("--ef-construction", type=int, default=200)
-    parser.add_argument("--ef-search", type=int, default=256)
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(n))")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--quick", action="store_true", help="10^4 vectors, one timed batch (CI)")
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--results-md", default=str(REPO / "bench" / "RESULTS.md"))
     args = parser.parse_args(argv)
 
     sizes = args.sizes or ([10_000] if args.quick else [100_000, 1_000_000])
+    datasets = args.data or (["clustered"] if args.quick else ["random", "clustered"])
     repeats = 1 if args.quick else args.repeats
-    hnsw = {"M": args.M, "ef_construction": args.ef_construction, "ef_search": args.ef_search}
+    build = {"hnsw": {"M": args.M, "ef_construction": args.ef_construction}, "ivf": {"nlist": args.nlist}}
+    sweeps = {"hnsw": {"ef_search": args.ef_search}, "ivf": {"nprobe": args.nprobe}}
     k = args.k
-    queries = unit_vectors(args.queries, args.dim, seed=1)
     runs = []
-    for n in sizes:
-        vectors = unit_vectors(n, args.dim, seed=0)
-        exact, exact_ids = measure("exact", vectors, queries, k, repeats, {})
-        approx, approx_ids = measure("hnsw", vectors, queries, k, repeats, hnsw)
-        approx["recall_at_10"] = round(recall_at(approx_ids, exact_ids, min(10, k)), 4)
-        runs += [{"n": n, **exact}, {"n": n, **approx}]
-        print(json.dumps(runs[-2:]), flush=True)
-        del vectors
+    for data in datasets:
+        queries = unit_vectors(args.queries, args.dim, seed=1, data=data)
+        for n in sizes:
+            vectors = unit_vectors(n, args.dim, seed=0, data=data)
+            [(exact, exact_ids)] = measure("exact", vectors, queries, k, repeats, {}, {}, None)
+            rows = [exact] + [row for kind in args.kinds
+                              for row, _ in measure(kind, vectors, queries, k, repeats, build[kind], sweeps[kind],
+                                                    exact_ids)]
+            rows = [{"data": data, "n": n, **row} for row in rows]
+            runs += rows
+            print(json.dumps(rows), flush=True)
+            del vectors
     record = {
         "benchmark": "search",
         "dim": args.dim,
         "sizes": sizes,
+        "data": datasets,
         "n_queries": args.queries,
         "k": k,
         "quick": args.quick,

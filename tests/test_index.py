@@ -168,12 +168,18 @@ def test_search_benchmark_quick(tmp_path):
     record = search.main(["--quick", "--sizes", "2000", "--dim", "32", "--queries", "20", "--json", str(out),
                           "--results-md", ""])
     assert json.loads(out.read_text()) == record
-    kinds = [(run["n"], run["kind"]) for run in record["runs"]]
-    assert kinds == [(2000, "exact"), (2000, "hnsw")]
-    exact, hnsw = record["runs"]
-    assert exact["index_bytes"] >= 2000 * 32 * 4 and hnsw["index_bytes"] > exact["index_bytes"]
-    assert exact["ms_per_query"] > 0 and hnsw["build_s"] > 0
-    assert 0.9 <= hnsw["recall_at_10"] <= 1.0
+    runs = record["runs"]
+    assert [(run["data"], run["n"], run["kind"]) for run in runs] == [("clustered", 2000, "exact")] + [
+        ("clustered", 2000, "hnsw")] * 5 + [("clustered", 2000, "ivf")] * 5
+    exact, hnsw, ivf = runs[0], runs[1:6], runs[6:]
+    assert [run["params"]["ef_search"] for run in hnsw] == [64, 128, 256, 512, 1024]
+    assert [run["params"]["nprobe"] for run in ivf] == [8, 16, 32, 64, 128] and ivf[0]["params"]["nlist"] == 51
+    assert exact["index_bytes"] >= 2000 * 32 * 4 and hnsw[0]["index_bytes"] > exact["index_bytes"]
+    assert exact["ms_per_query"] > 0 and exact["recall_at_10"] == 1.0 and hnsw[0]["build_s"] > 0
+    # more search effort never finds fewer true neighbours (same graph / same lists, searched wider)
+    for sweep in (hnsw, ivf):
+        recalls = [run["recall_at_10"] for run in sweep]
+        assert recalls == sorted(recalls) and 0.9 <= recalls[-1] <= 1.0
 
 
 def test_auto_kind_switches_to_hnsw_at_the_threshold(monkeypatch):
@@ -182,6 +188,6 @@ def test_auto_kind_switches_to_hnsw_at_the_threshold(monkeypatch):
     monkeypatch.setattr(index_module, "AUTO_EXACT_BELOW", 500)
     assert VectorIndex.build(unit(499, 8), None).kind == "exact"
     big = VectorIndex.build(unit(500, 8), None)
-    assert big.kind == "hnsw" and big.params == {"M": 32, "ef_construction": 200, "ef_search": 256}
+    assert big.kind == "hnsw" and big.params == {"M": 32, "ef_construction": 200, "ef_search": 512}
     with pytest.raises(ValueError, match="no search parameters"):
         VectorIndex.build(unit(10, 8), None, kind="exact").set_search_params(ef_search=10)

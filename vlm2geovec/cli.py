@@ -3,6 +3,8 @@
     vlm2geovec nano --out DIR [--seed N]
     vlm2geovec convert --backbone Qwen/Qwen2-VL-2B-Instruct --out DIR
     vlm2geovec embed --model DIR --input items.jsonl --out vectors.npy
+    vlm2geovec index build --model DIR --input <items.jsonl | dataset | scene.tif> --out INDEX [--shard i/n]
+    vlm2geovec search --index INDEX --query "a harbour" -k 10     (or --image, --bbox, --coords, --item)
     vlm2geovec rsmeb build --lite --out DATA ; vlm2geovec rsmeb eval --model DIR --data DATA --out OUT
 """
 
@@ -51,44 +53,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_items_jsonl(path: str | os.PathLike) -> list[Any]:
-    """Read one item per line. Image paths are taken relative to the JSONL file's folder.
-
-    A line is a JSON string (text), an object with ``image``/``text``/``bbox``/``coords``, or an array of parts.
-    """
-    path = Path(path)
-    base = path.parent
-
-    def resolve(value: Any) -> Any:
-        if isinstance(value, str) and not os.path.isabs(value):
-            return str(base / value)
-        return value
-
-    items = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_no}: not valid JSON: {error}") from None
-            if isinstance(item, dict) and "image" in item:
-                item = {**item, "image": resolve(item["image"])}
-            elif isinstance(item, list):
-                item = [{"image": resolve(p["image"])} if isinstance(p, dict) and "image" in p else p for p in item]
-            elif not isinstance(item, (str, dict)):
-                raise ValueError(f"{path}:{line_no}: expected a string, an object or an array, got {type(item).__name__}")
-            items.append(item)
-    if not items:
-        raise ValueError(f"{path}: no items")
-    return items
-
-
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vlm2geovec import load_model
+    from vlm2geovec.corpus import read_items_jsonl
     from processing_vlm2geovec import normalize_item
 
     items = read_items_jsonl(args.input)
@@ -111,6 +80,182 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, vectors.astype(np.float32))
     print(f"wrote {vectors.shape[0]} embeddings of dimension {vectors.shape[1]} to {out}")
+    return 0
+
+
+def _index_params(args: argparse.Namespace) -> dict:
+    names = {"hnsw": ("M", "ef_construction", "ef_search"), "ivf": ("nlist", "nprobe")}.get(args.kind, ())
+    given = {name: getattr(args, name) for name in ("M", "ef_construction", "ef_search", "nlist", "nprobe")
+             if getattr(args, name) is not None}
+    if args.kind == "auto":  # the index kind depends on the corpus size: VectorIndex.build checks the names
+        return given
+    stray = sorted(set(given) - set(names))
+    if stray:
+        raise SystemExit(f"error: --{stray[0].replace('_', '-')} does not apply to a {args.kind} index")
+    return given
+
+
+def _parse_ints(value: str | None, name: str, count: int | None = None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        numbers = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise SystemExit(f"error: {name} must be comma-separated integers; got {value!r}") from None
+    if count is not None and len(numbers) != count:
+        raise SystemExit(f"error: {name} needs {count} numbers; got {value!r}")
+    return numbers
+
+
+def _parse_floats(value: str | None, name: str, count: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise SystemExit(f"error: {name} must be {count} comma-separated numbers; got {value!r}") from None
+    if len(numbers) != count:
+        raise SystemExit(f"error: {name} needs {count} numbers; got {value!r}")
+    return numbers
+
+
+def _distributed_barrier() -> bool:
+    """Under torchrun/accelerate (WORLD_SIZE > 1): wait for every rank; True on rank 0. A gloo group suffices
+    (no tensors move), so the same path works on CPUs and GPUs."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))  # shards may differ a lot in time
+    dist.barrier()
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return rank == 0
+
+
+def _cmd_index_build(args: argparse.Namespace) -> int:
+    from vlm2geovec import load_model
+    from vlm2geovec.corpus import build_corpus_index, index_from_parts, open_source, parse_shard
+
+    params = _index_params(args)
+    try:
+        shard = parse_shard(args.shard)
+        scale = args.scale if args.scale in ("auto", "none") else _parse_floats(args.scale, "--scale", 2)
+        source = open_source(args.input, split=args.split, config=args.config,
+                             item_columns=args.item_columns.split(",") if args.item_columns else None,
+                             tile_size=args.tile_size, stride=args.stride, bands=_parse_ints(args.bands, "--bands"),
+                             max_nodata=args.max_nodata, scale=None if scale == "none" else scale, edge=args.edge,
+                             embed_coords=args.embed_coords)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+    device = args.device
+    if device is None and shard[1] > 1 and "LOCAL_RANK" in os.environ:
+        import torch
+
+        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    model = load_model(args.model, device=device)
+    try:
+        build_corpus_index(model, source, args.out, shard=shard, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                           instruction=args.instruction, show_progress_bar=not args.quiet)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    if shard[1] > 1:
+        if args.shard == "auto" and "MASTER_ADDR" in os.environ:
+            if not _distributed_barrier():
+                return 0
+        else:
+            print(f"embedded shard {shard[0]}/{shard[1]} into {args.out}/parts; when every shard is done: "
+                  f"vlm2geovec index merge --out {args.out}")
+            return 0
+    try:
+        index = index_from_parts(args.out, kind=args.kind, build_info={"model": args.model}, **params)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    print(f"wrote {index!r} to {args.out}")
+    return 0
+
+
+def _cmd_index_merge(args: argparse.Namespace) -> int:
+    from vlm2geovec.corpus import index_from_parts
+
+    try:
+        index = index_from_parts(args.out, kind=args.kind, build_info={"model": args.model}, **_index_params(args))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+    print(f"wrote {index!r} to {args.out}")
+    return 0
+
+
+def _cmd_index_info(args: argparse.Namespace) -> int:
+    from vlm2geovec.index import VectorIndex
+
+    try:
+        print(json.dumps(VectorIndex.load(args.index).info(), indent=2))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+    return 0
+
+
+def search_query_item(text: str | None = None, image: str | None = None, bbox: Sequence[float] | None = None,
+                      coords: Sequence[float] | None = None, item: str | None = None) -> Any:
+    """The query item of `vlm2geovec search`: a JSON item (``--item``, or ``@file.json``), or the given parts."""
+    if item is not None:
+        if any(v is not None for v in (text, image, bbox, coords)):
+            raise ValueError("--item is a whole query: do not combine it with --query, --image, --bbox or --coords")
+        raw = Path(item[1:]).read_text(encoding="utf-8") if item.startswith("@") else item
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--item is not valid JSON: {error}") from None
+    if bbox is not None and image is None:
+        raise ValueError("--bbox marks a region of --image: give the image too")
+    parts = {"image": image, "bbox": list(bbox) if bbox else None,
+             "coords": list(coords) if coords else None, "text": text}
+    parts = {k: v for k, v in parts.items() if v is not None}
+    if not parts:
+        raise ValueError("give a query: --query TEXT, --image PATH [--bbox x1,y1,x2,y2], --coords LAT,LON or --item JSON")
+    return parts["text"] if list(parts) == ["text"] else parts
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from vlm2geovec import load_model
+    from vlm2geovec.index import VectorIndex, model_fingerprint
+    from processing_vlm2geovec import normalize_item
+
+    try:
+        index = VectorIndex.load(args.index)
+        item = search_query_item(args.query, args.image, _parse_floats(args.bbox, "--bbox", 4),
+                                 _parse_floats(args.coords, "--coords", 2), args.item)
+        normalize_item(item, "query")
+        if args.ef_search is not None:
+            index.set_search_params(ef_search=args.ef_search)
+        if args.nprobe is not None:
+            index.set_search_params(nprobe=args.nprobe)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+    model_path = args.model or index.build_info.get("model")
+    if not model_path:
+        raise SystemExit("error: the index does not name its model: pass --model")
+    model = load_model(model_path, device=args.device)
+    if index.fingerprint and model_fingerprint(model) != index.fingerprint:
+        raise SystemExit(f"error: {model_path} is not the model this index was built with (weights fingerprint "
+                         f"differs): its vectors would not be comparable")
+    vector = model.encode([item], prompt=args.instruction, convert_to_numpy=True, normalize_embeddings=True,
+                          show_progress_bar=False)
+    try:
+        scores, ids, metas = index.search(vector, min(args.k, len(index)))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    hits = [{"rank": r + 1, "score": round(float(s), 6), "position": int(i), **(m or {})}
+            for r, (s, i, m) in enumerate(zip(scores[0], ids[0], metas[0])) if i >= 0]
+    if args.json:
+        print(json.dumps(hits, ensure_ascii=False, indent=2))
+        return 0
+    for hit in hits:
+        where = f"  lat {hit['lat']:.5f} lon {hit['lon']:.5f}" if "lat" in hit and "lon" in hit else ""
+        window = f"  window {hit['window']}" if hit.get("window") else ""
+        print(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit.get('id', hit['position'])}{where}{window}")
     return 0
 
 
@@ -208,10 +353,83 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--seed", type=int, default=0)
     quick.set_defaults(func=_cmd_quickstart)
 
+    _add_index_parsers(sub)
+
     from rsmeb_eval.cli import add_rsmeb_parser
 
     add_rsmeb_parser(sub)
     return parser
+
+
+def _add_index_kind_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=["auto", "exact", "hnsw", "ivf"], default="auto",
+                        help="auto: exact below 50,000 vectors, else HNSW")
+    parser.add_argument("--M", type=int, default=None, help="HNSW graph degree (default 32)")
+    parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build effort (default 200)")
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search effort (default 256)")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(n))")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default 16)")
+
+
+def _add_index_parsers(sub) -> None:
+    index = sub.add_parser("index", help="build and inspect a vector index of a corpus")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+
+    build = index_sub.add_parser("build", help="embed a corpus (JSONL, HF dataset or raster tiles) into an index")
+    build.add_argument("--model", required=True, help="VLM2GeoVec folder or Hub id")
+    build.add_argument("--input", required=True,
+                       help="items.jsonl, a raster (.tif/.tiff/.vrt/.img/.jp2), a save_to_disk folder, a local "
+                            "dataset folder or a Hub dataset id")
+    build.add_argument("--out", required=True, help="index folder (also holds parts/ for resuming and shards)")
+    _add_index_kind_args(build)
+    build.add_argument("--shard", default=None,
+                       help="i/n: embed only shard i of n (merge later with `index merge`); auto: torchrun/accelerate "
+                            "ranks, merged by rank 0")
+    build.add_argument("--chunk-size", type=int, default=1024, help="positions per resumable chunk")
+    build.add_argument("--batch-size", type=int, default=16)
+    build.add_argument("--instruction", default=None, help="instruction (prompt) for every corpus item")
+    build.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best available)")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    data = build.add_argument_group("datasets")
+    data.add_argument("--split", default=None, help="dataset split (default: the only one, or train for Hub ids)")
+    data.add_argument("--config", default=None, help="dataset config, e.g. an RSMEB <task>-corpus")
+    data.add_argument("--item-columns", default=None, help="comma-separated, among image,text,bbox,lat,lon "
+                                                           "(default: all present)")
+    raster = build.add_argument_group("rasters")
+    raster.add_argument("--tile-size", type=int, default=256, help="tile width and height in pixels")
+    raster.add_argument("--stride", type=int, default=None, help="step between tiles (default: tile size)")
+    raster.add_argument("--bands", default=None, help="1-based bands, e.g. 4,3,2 (default: 1,2,3 or 1)")
+    raster.add_argument("--max-nodata", type=float, default=0.5, help="skip tiles with more nodata than this share")
+    raster.add_argument("--scale", default="auto", help="auto (2-98 percentile stretch), none (uint8) or LOW,HIGH")
+    raster.add_argument("--edge", choices=["drop", "pad"], default="drop", help="partial tiles at the edges")
+    raster.add_argument("--embed-coords", action="store_true", help="embed each tile as image + centre coordinates")
+    build.set_defaults(func=_cmd_index_build)
+
+    merge = index_sub.add_parser("merge", help="build the index from the parts of finished shards")
+    merge.add_argument("--out", required=True, help="the folder the shards embedded into")
+    merge.add_argument("--model", default=None, help="record this model for `search` (default: give --model there)")
+    _add_index_kind_args(merge)
+    merge.set_defaults(func=_cmd_index_merge)
+
+    info = index_sub.add_parser("info", help="print an index's index.json")
+    info.add_argument("index")
+    info.set_defaults(func=_cmd_index_info)
+
+    search = sub.add_parser("search", help="search an index with a text, image, image+box, coordinates or JSON item")
+    search.add_argument("--index", required=True)
+    search.add_argument("--query", default=None, help="query text (alone, or with --image / --coords)")
+    search.add_argument("--image", default=None, help="query image path")
+    search.add_argument("--bbox", default=None, help="x1,y1,x2,y2 in pixels of --image")
+    search.add_argument("--coords", default=None, help="LAT,LON in degrees")
+    search.add_argument("--item", default=None, help="a whole JSON item, or @file.json")
+    search.add_argument("-k", type=int, default=10, help="results (default 10)")
+    search.add_argument("--instruction", default=None, help="query instruction (prompt)")
+    search.add_argument("--model", default=None, help="default: the model named in the index")
+    search.add_argument("--ef-search", type=int, default=None, help="HNSW search effort for this query")
+    search.add_argument("--nprobe", type=int, default=None, help="IVF lists searched for this query")
+    search.add_argument("--device", default=None)
+    search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.set_defaults(func=_cmd_search)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

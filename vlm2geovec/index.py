@@ -31,7 +31,7 @@ KINDS = ("exact", "hnsw", "ivf")
 AUTO_EXACT_BELOW = 50_000  # `kind="auto"`: exact search below this many vectors, HNSW from here on
 DEFAULT_PARAMS = {
     "exact": {},
-    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 256},
+    "hnsw": {"M": 32, "ef_construction": 200, "ef_search": 512},  # recall@10 >= 0.95 at 10^5 (bench/RESULTS.md)
     "ivf": {"nlist": None, "nprobe": 16},  # nlist None: ~4*sqrt(n), at most n // 39 (faiss wants 39 points/list)
 }
 FORMAT_VERSION = 1
@@ -127,12 +127,14 @@ def model_fingerprint(model) -> str:
 class VectorIndex:
     """Cosine-similarity search over unit-normalised vectors with per-vector metadata. Use `build` or `load`."""
 
-    def __init__(self, faiss_index, metadata: list[dict], kind: str, params: dict, fingerprint: str | None = None):
+    def __init__(self, faiss_index, metadata: list[dict], kind: str, params: dict, fingerprint: str | None = None,
+                 build_info: dict | None = None):
         self.index = faiss_index
         self.metadata = metadata
         self.kind = kind
         self.params = params
         self.fingerprint = fingerprint
+        self.build_info = build_info or {}  # how the vectors were made: model, source, instruction (for `search`)
         self._apply_search_params()
 
     @property
@@ -147,7 +149,7 @@ class VectorIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, metadata: Sequence[dict] | None = None, kind: str = "auto",
-              fingerprint: str | None = None, **params) -> "VectorIndex":
+              fingerprint: str | None = None, build_info: dict | None = None, **params) -> "VectorIndex":
         """Index `vectors` (n, d) float32 with one metadata dict each.
 
         kind: "exact" (IndexFlatIP), "hnsw" (IndexHNSWFlat, inner product; params M, ef_construction, ef_search),
@@ -184,7 +186,7 @@ class VectorIndex:
             index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
             index.train(vectors)
         index.add(vectors)
-        return cls(index, metadata, kind, params, fingerprint)
+        return cls(index, metadata, kind, params, fingerprint, build_info)
 
     def _apply_search_params(self) -> None:
         if self.kind == "hnsw":
@@ -221,7 +223,7 @@ class VectorIndex:
 
     def info(self) -> dict:
         return {"format_version": FORMAT_VERSION, "kind": self.kind, "dim": self.dim, "count": len(self),
-                "metric": "inner_product", "params": self.params, "model_fingerprint": self.fingerprint}
+                "metric": "inner_product", "params": self.params, "model_fingerprint": self.fingerprint, "build": self.build_info}
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -248,7 +250,7 @@ class VectorIndex:
         if index.ntotal != info["count"] or len(metadata) != info["count"] or index.d != info["dim"]:
             raise ValueError(f"{folder} is inconsistent: index has {index.ntotal} x {index.d}, metadata "
                              f"{len(metadata)} rows, index.json says {info['count']} x {info['dim']}")
-        return cls(index, metadata, info["kind"], info["params"], info.get("model_fingerprint"))
+        return cls(index, metadata, info["kind"], info["params"], info.get("model_fingerprint"), info.get("build"))
 
 
 def build_index_from_items(model, items: Sequence, metadata: Sequence[dict] | None = None, batch_size: int = 16,

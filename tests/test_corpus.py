@@ -1,0 +1,257 @@
+"""Corpus indexing: sources (JSONL, HF datasets, rasters), chunked/sharded/resumable embedding, `index` and
+`search` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, make_image
+from vlm2geovec import load_model
+from vlm2geovec.cli import main
+from vlm2geovec.corpus import (
+    DatasetSource,
+    build_corpus_index,
+    embed_chunks,
+    index_from_parts,
+    merge_parts,
+    open_source,
+    parse_shard,
+    read_jsonl_records,
+)
+from vlm2geovec.index import VectorIndex
+
+rasterio = pytest.importorskip("rasterio")
+
+
+@pytest.fixture(scope="module")
+def model(nano_dir):
+    return load_model(str(nano_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def neon_tif():
+    from rsmeb_eval.assets import georeferenced_rasters
+
+    return georeferenced_rasters()["neon_OSBS_029"]
+
+
+@pytest.fixture(scope="module")
+def corpus_jsonl(tmp_path_factory):
+    """Eight items of every kind; images on disk next to the JSONL file."""
+    folder = tmp_path_factory.mktemp("corpus")
+    lines = []
+    for i in range(4):
+        make_image(96 + 16 * i, 80, seed=10 + i).save(folder / f"tile{i}.png")
+        lines.append({"item": {"image": f"tile{i}.png"}, "id": f"tile-{i}", "lat": 10.0 + i, "lon": 20.0 - i})
+    lines += [
+        "a harbour with container ships",
+        {"text": "farmland near a river", "coords": [45.5, -73.6]},
+        {"image": "tile0.png", "bbox": [10, 10, 60, 50]},
+        [{"image": "tile1.png"}, "what is in the north-east corner?"],
+    ]
+    (folder / "items.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder / "items.jsonl"
+
+
+def vectors_of(index: VectorIndex) -> np.ndarray:
+    return index.index.reconstruct_n(0, len(index))
+
+
+def test_jsonl_records_carry_metadata_and_resolve_paths(corpus_jsonl):
+    records = read_jsonl_records(corpus_jsonl)
+    assert len(records) == 8
+    item, meta = records[0]
+    assert item == {"image": str(corpus_jsonl.parent / "tile0.png")}
+    assert meta == {"id": "tile-0", "lat": 10.0, "lon": 20.0}
+    assert records[4] == ("a harbour with container ships", {"id": 5})
+    assert records[5][1] == {"id": 6, "lat": 45.5, "lon": -73.6}
+    assert records[7][0][0] == {"image": str(corpus_jsonl.parent / "tile1.png")}
+    source = open_source(corpus_jsonl)
+    assert len(source) == 8 and [m["source"] for _, m in source.read(0, 2)] == [str(corpus_jsonl)] * 2
+
+
+def test_dataset_source_uses_the_rsmeb_item_columns(tmp_path):
+    import datasets
+
+    images = [make_image(64, 64, seed=s) for s in range(3)]
+    data = datasets.Dataset.from_dict({"id": ["a", "b", "c"], "image": images, "text": ["x", None, "z"],
+                                       "lat": [1.0, 2.0, None], "lon": [3.0, 4.0, None], "label": [0, 1, 2]},
+                                      features=datasets.Features({"id": datasets.Value("string"),
+                                                                  "image": datasets.Image(),
+                                                                  "text": datasets.Value("string"),
+                                                                  "lat": datasets.Value("float64"),
+                                                                  "lon": datasets.Value("float64"),
+                                                                  "label": datasets.Value("int64")}))
+    datasets.DatasetDict({"train": data, "test": data}).save_to_disk(tmp_path / "dd")
+    with pytest.raises(ValueError, match="has splits \\['train', 'test'\\]: choose one"):
+        open_source(tmp_path / "dd")
+    with pytest.raises(ValueError, match="has no split 'val'"):
+        open_source(tmp_path / "dd", split="val")
+    source = open_source(tmp_path / "dd", split="test")
+    assert isinstance(source, DatasetSource) and source.item_columns == ("image", "text", "lat", "lon")
+    records = list(source.read(0, 3))
+    assert [m["id"] for _, m in records] == ["a", "b", "c"]
+    first = records[0][0]
+    assert first["text"] == "x" and first["coords"] == (1.0, 3.0) and first["image"].size == (64, 64)
+    assert records[0][1] == {"id": "a", "source": f"{tmp_path / 'dd'}:test", "lat": 1.0, "lon": 3.0}
+    assert set(records[1][0]) == {"image", "coords"} and set(records[2][0]) == {"image", "text"}
+    only_images = open_source(tmp_path / "dd", split="train", item_columns=["image"])
+    assert all(set(item) == {"image"} for item, _ in only_images.read(0, 3))
+    with pytest.raises(ValueError, match="item columns must be among"):
+        open_source(tmp_path / "dd", split="train", item_columns=["label"])
+    with pytest.raises(ValueError, match="not all of the item columns"):
+        open_source(tmp_path / "dd", split="train", item_columns=["bbox"])
+
+
+def test_build_save_load_search_returns_the_same_top_k(model, neon_tif, tmp_path):
+    source = open_source(neon_tif, tile_size=100, stride=50)
+    assert len(source) == 49
+    built = build_corpus_index(model, source, tmp_path / "exact", chunk_size=16, kind="exact",
+                               show_progress_bar=False)
+    loaded = VectorIndex.load(tmp_path / "exact")
+    assert loaded.metadata == built.metadata and len(loaded) == len(built.metadata)
+    assert loaded.build_info["source"]["type"] == "raster" and loaded.fingerprint == built.fingerprint
+    # the index holds exactly what encoding the tiles directly gives
+    tiles = list(source.tiler)
+    direct = model.encode([t.image for t in tiles], convert_to_numpy=True, normalize_embeddings=True)
+    np.testing.assert_allclose(vectors_of(loaded), direct, atol=1e-5)
+    assert [m["window"] for m in loaded.metadata] == [list(t.window) for t in tiles]
+    queries = model.encode(["trees", {"coords": (29.6925, -81.9899)}, tiles[7].image], convert_to_numpy=True,
+                           normalize_embeddings=True)
+    before, after = built.search(queries, 5), loaded.search(queries, 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_allclose(before[0], after[0])
+    brute = np.argsort(-(queries @ direct.T), axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(after[1], brute)
+    assert after[1][2][0] == 7 and after[0][2][0] == pytest.approx(1.0, abs=1e-5)  # a tile finds itself first
+    hnsw = index_from_parts(tmp_path / "exact", kind="hnsw", M=8, ef_construction=64)  # same parts, new index
+    assert hnsw.kind == "hnsw" and VectorIndex.load(tmp_path / "exact").kind == "hnsw"
+    np.testing.assert_array_equal(hnsw.search(queries, 5)[1], brute)
+
+
+def test_shards_and_resume_give_the_single_process_result(model, corpus_jsonl, tmp_path, capsys):
+    source = open_source(corpus_jsonl)
+    single = build_corpus_index(model, source, tmp_path / "single", chunk_size=3, show_progress_bar=False)
+    assert embed_chunks(model, source, tmp_path / "sharded", shard="1/2", chunk_size=3, show_progress_bar=False) == [1]
+    with pytest.raises(ValueError, match="2 of 3 chunks are not embedded yet \\(0, 2\\)"):
+        merge_parts(tmp_path / "sharded")
+    assert embed_chunks(model, source, tmp_path / "sharded", shard=(0, 2), chunk_size=3,
+                        show_progress_bar=False) == [0, 2]
+    merged = index_from_parts(tmp_path / "sharded")
+    np.testing.assert_allclose(vectors_of(merged), vectors_of(single), atol=1e-6)
+    assert merged.metadata == single.metadata and merged.fingerprint == single.fingerprint
+    # resume: only the missing chunk is embedded again
+    (tmp_path / "single" / "parts" / "chunk-000001.npz").unlink()
+    assert embed_chunks(model, source, tmp_path / "single", chunk_size=3, show_progress_bar=True) == [1]
+    assert "resuming: 2 of 3 chunks already embedded" in capsys.readouterr().err
+    np.testing.assert_allclose(merge_parts(tmp_path / "single")[0], vectors_of(single), atol=1e-6)
+    with pytest.raises(ValueError, match="holds chunks of different work \\(differs in chunk_size, chunks\\)"):
+        embed_chunks(model, source, tmp_path / "single", chunk_size=4, show_progress_bar=False)
+    with pytest.raises(ValueError, match="differs in instruction"):
+        embed_chunks(model, source, tmp_path / "single", chunk_size=3, instruction="Find", show_progress_bar=False)
+
+
+def test_parse_shard(monkeypatch):
+    assert parse_shard(None) == (0, 1) and parse_shard("2/3") == (2, 3) and parse_shard((0, 4)) == (0, 4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert parse_shard("auto") == (1, 2)
+    for bad in ("3/3", "1/0", "x", "1/2/3", "-1/2"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+
+
+def test_cli_index_build_then_search_every_query_kind(nano_dir, corpus_jsonl, tmp_path, capsys):
+    out = tmp_path / "index"
+    assert main(["index", "build", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(out),
+                 "--chunk-size", "3", "--quiet"]) == 0
+    assert "wrote VectorIndex(kind='exact', count=8" in capsys.readouterr().out
+    image = str(corpus_jsonl.parent / "tile2.png")
+    queries = {
+        "text": ["--query", "a harbour with container ships"],
+        "image": ["--image", image],
+        "image+box": ["--image", image, "--bbox", "10,10,60,50"],
+        "coords": ["--coords", "45.5,-73.6"],
+        "json": ["--item", json.dumps({"text": "farmland near a river", "coords": [45.5, -73.6]})],
+    }
+    top = {}
+    for kind, args in queries.items():
+        assert main(["search", "--index", str(out), "-k", "3", "--json", *args]) == 0
+        hits = json.loads(capsys.readouterr().out)
+        assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+        top[kind] = hits[0]
+    # identical items come back first with cosine 1
+    assert top["text"]["id"] == 5 and top["text"]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert top["image"]["id"] == "tile-2" and top["image"]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert top["image"]["lat"] == 12.0 and top["image"]["source"] == str(corpus_jsonl)
+    assert top["json"]["id"] == 6 and top["json"]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert main(["search", "--index", str(out), "--query", "harbour", "-k", "2"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert len(table) == 2 and table[0].split()[0] == "1"
+    assert main(["index", "info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["count"] == 8 and info["build"]["model"] == str(nano_dir)
+
+
+def test_cli_errors_are_specific(nano_dir, corpus_jsonl, neon_tif, tmp_path, capsys):
+    out = tmp_path / "index"
+    main(["index", "build", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(out), "--quiet"])
+    capsys.readouterr()
+    cases = [
+        (["--bbox", "1,2,3,4"], "--bbox marks a region of --image"),
+        ([], "give a query"),
+        (["--item", "{not json"], "--item is not valid JSON"),
+        (["--item", "\"x\"", "--query", "y"], "do not combine it with --query"),
+        (["--coords", "95,10"], "coords"),
+        (["--bbox", "1,2,3", "--image", "x.png"], "--bbox needs 4 numbers"),
+        (["--query", "x", "-k", "0"], "k must be a positive integer"),
+        (["--query", "x", "--nprobe", "4"], "has no search parameters \\['nprobe'\\]"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            main(["search", "--index", str(out), *args])
+    with pytest.raises(SystemExit, match="is not a saved VectorIndex"):
+        main(["search", "--index", str(tmp_path), "--query", "x"])
+    other = tmp_path / "other-model"
+    main(["nano", "--out", str(other), "--seed", "1"])
+    with pytest.raises(SystemExit, match="is not the model this index was built with"):
+        main(["search", "--index", str(out), "--query", "x", "--model", str(other)])
+    with pytest.raises(SystemExit, match="--ef-search does not apply to a exact index"):
+        main(["index", "build", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(out),
+              "--kind", "exact", "--ef-search", "64"])
+    with pytest.raises(SystemExit, match="shard must look like i/n"):
+        main(["index", "build", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(out),
+              "--shard", "first"])
+    with pytest.raises(SystemExit, match="input not found"):
+        main(["index", "build", "--model", str(nano_dir), "--input", str(tmp_path / "nope.parquet"), "--out", str(out)])
+    with pytest.raises(SystemExit, match="raster not found"):
+        main(["index", "build", "--model", str(nano_dir), "--input", str(REPO_ROOT / "missing.tif"), "--out", str(out)])
+    with pytest.raises(SystemExit, match="band 7 does not exist"):
+        main(["index", "build", "--model", str(nano_dir), "--input", str(neon_tif), "--bands", "7", "--out", str(out)])
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_equal_one(nano_dir, neon_tif, tmp_path):
+    """`--shard auto` under torchrun on 2 CPU processes: the merged index equals the single-process one."""
+    common = ["index", "build", "--model", str(nano_dir), "--input", str(neon_tif), "--tile-size", "100",
+              "--stride", "50", "--chunk-size", "8", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "vlm2geovec.cli", *common, "--out", str(tmp_path / "one")], check=True,
+                   env=env, capture_output=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "vlm2geovec.cli", *common, "--out", str(tmp_path / "two"), "--shard", "auto"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = VectorIndex.load(tmp_path / "one"), VectorIndex.load(tmp_path / "two")
+    assert len(one) == len(two) == 49 and one.metadata == two.metadata
+    np.testing.assert_allclose(vectors_of(two), vectors_of(one), atol=1e-6)
+    made_by = sorted(p.name for p in (tmp_path / "two" / "parts").glob("chunk-*.npz"))
+    assert made_by == [f"chunk-{c:06d}.npz" for c in range(7)]
