@@ -59,7 +59,7 @@ def step(st_model, loss, anchors, positives, device):
     value.backward()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start, float(value)
+    return time.perf_counter() - start, float(value.detach())
 
 
 def append_results_md(record: dict, path: Path) -> None:

@@ -1,25 +1,21 @@
-"""The benchmark scripts keep running (quick form; no speed assertions — numbers go to JSON/RESULTS.md)."""
+"""The benchmark scripts keep running through `vlm2geovec bench` (quick form; no speed assertions — the numbers
+go to JSON and RESULTS.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from tests.conftest import REPO_ROOT
+from vlm2geovec.cli import main
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_bench(name: str, tmp_path, *args: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    assert main(["bench", name, *args, "--json", str(out), "--results-md", ""]) == 0
+    return json.loads(out.read_text())
 
 
 def test_encode_benchmark_quick(tmp_path):
-    encode = load_script("encode")
-    out = tmp_path / "encode.json"
-    record = encode.main(["--model", "nano", "--quick", "--device", "cpu", "--json", str(out), "--results-md", ""])
-    assert json.loads(out.read_text()) == record
+    record = run_bench("encode", tmp_path, "--model", "nano", "--quick", "--device", "cpu")
     assert record["n_items"] == 40 and set(record["orders"]) == {"length", "arrival"}
     length, arrival = record["orders"]["length"], record["orders"]["arrival"]
     assert length["real_tokens"] == arrival["real_tokens"] > 0  # same items, only the batching differs
@@ -28,11 +24,25 @@ def test_encode_benchmark_quick(tmp_path):
 
 
 def test_train_benchmark_quick(tmp_path):
-    train = load_script("train")
-    record = train.main(["--model", "nano", "--quick", "--device", "cpu", "--json", str(tmp_path / "t.json"),
-                         "--results-md", ""])
+    record = run_bench("train", tmp_path, "--model", "nano", "--quick", "--device", "cpu")
     rows = {(r["batch_size"], r["loss"]): r for r in record["rows"]}
     assert set(rows) == {(4, "mnrl"), (4, "cached_mnrl"), (8, "mnrl"), (8, "cached_mnrl")}
     assert all(r["status"] == "ok" for r in rows.values())
     for batch in (4, 8):  # the same loss either way: GradCache only changes how it is computed
         assert abs(rows[(batch, "mnrl")]["loss_value"] - rows[(batch, "cached_mnrl")]["loss_value"]) < 1e-4
+
+
+def test_search_benchmark_quick(tmp_path):
+    record = run_bench("search", tmp_path, "--quick", "--sizes", "2000", "--dim", "32", "--queries", "20")
+    runs = record["runs"]
+    assert [(run["data"], run["n"], run["kind"]) for run in runs] == [("clustered", 2000, "exact")] + [
+        ("clustered", 2000, "hnsw")] * 5 + [("clustered", 2000, "ivf")] * 5
+    exact, hnsw, ivf = runs[0], runs[1:6], runs[6:]
+    assert [run["params"]["ef_search"] for run in hnsw] == [64, 128, 256, 512, 1024]
+    assert [run["params"]["nprobe"] for run in ivf] == [8, 16, 32, 64, 128] and ivf[0]["params"]["nlist"] == 51
+    assert exact["index_bytes"] >= 2000 * 32 * 4 and hnsw[0]["index_bytes"] > exact["index_bytes"]
+    assert exact["ms_per_query"] > 0 and exact["recall_at_10"] == 1.0 and hnsw[0]["build_s"] > 0
+    # more search effort never finds fewer true neighbours (same graph / same lists, searched wider)
+    for sweep in (hnsw, ivf):
+        recalls = [run["recall_at_10"] for run in sweep]
+        assert recalls == sorted(recalls) and 0.9 <= recalls[-1] <= 1.0

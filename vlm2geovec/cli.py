@@ -197,6 +197,18 @@ def _cmd_index_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index_export(args: argparse.Namespace) -> int:
+    from vlm2geovec.index import VectorIndex
+
+    try:
+        index = VectorIndex.load(args.index)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+    path = index.export_parquet(args.to)
+    print(f"wrote {len(index)} vectors of dimension {index.dim} with their metadata to {path}")
+    return 0
+
+
 def search_query_item(text: str | None = None, image: str | None = None, bbox: Sequence[float] | None = None,
                       coords: Sequence[float] | None = None, item: str | None = None) -> Any:
     """The query item of `vlm2geovec search`: a JSON item (``--item``, or ``@file.json``), or the given parts."""
@@ -256,6 +268,25 @@ def _cmd_search(args: argparse.Namespace) -> int:
         where = f"  lat {hit['lat']:.5f} lon {hit['lon']:.5f}" if "lat" in hit and "lon" in hit else ""
         window = f"  window {hit['window']}" if hit.get("window") else ""
         print(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit.get('id', hit['position'])}{where}{window}")
+    return 0
+
+
+BENCHMARKS = ("encode", "train", "search")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Run `bench/<name>.py` of the source checkout this package is installed from (benchmarks are scripts
+    that append to the repository's bench/RESULTS.md, so they live in the repository, not in the wheel)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "bench" / f"{args.name}.py"
+    if not script.is_file():
+        raise SystemExit("error: the benchmarks ship with the source repository, not the installed package: "
+                         "clone it and `pip install -e .` to run `vlm2geovec bench`")
+    spec = importlib.util.spec_from_file_location(f"vlm2geovec_bench_{args.name}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(args.args)
     return 0
 
 
@@ -355,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_index_parsers(sub)
 
+    bench = sub.add_parser("bench", help="run a benchmark script (encode, train, search); --help after the name")
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the script's own options, e.g. --quick --json OUT")
+    bench.set_defaults(func=_cmd_bench)
+
     from rsmeb_eval.cli import add_rsmeb_parser
 
     add_rsmeb_parser(sub)
@@ -410,6 +446,11 @@ def _add_index_parsers(sub) -> None:
     merge.add_argument("--model", default=None, help="record this model for `search` (default: give --model there)")
     _add_index_kind_args(merge)
     merge.set_defaults(func=_cmd_index_merge)
+
+    export = index_sub.add_parser("export", help="write vectors + metadata to Parquet (for vector databases)")
+    export.add_argument("index")
+    export.add_argument("--to", required=True, help="output .parquet file")
+    export.set_defaults(func=_cmd_index_export)
 
     info = index_sub.add_parser("info", help="print an index's index.json")
     info.add_argument("index")

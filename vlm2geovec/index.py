@@ -221,6 +221,44 @@ class VectorIndex:
         metas = [[self.metadata[i] if i >= 0 else None for i in row] for row in ids.tolist()]
         return scores, ids.astype(np.int64), metas
 
+    def vectors(self) -> np.ndarray:
+        """All indexed vectors (n, d) float32, in id order (IVF lists are mapped back to ids)."""
+        if self.kind == "ivf":
+            self.index.make_direct_map()
+        return self.index.reconstruct_n(0, len(self))
+
+    def export_parquet(self, path: str | Path, batch_rows: int = 65_536) -> Path:
+        """Write one row per vector — ``row`` (the index id), ``vector`` (float32 list), the validated metadata
+        keys ``id``/``source``/``window``/``lat``/``lon`` as columns and any other metadata as a JSON ``extra``
+        column — the shape vector databases (LanceDB, Milvus, Qdrant, Vespa, pgvector, Elasticsearch) ingest."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vectors = self.vectors()
+        known = ("id", "source", "window", "lat", "lon")
+        schema = pa.schema([("row", pa.int64()), ("vector", pa.list_(pa.float32(), self.dim)), ("id", pa.string()),
+                            ("source", pa.string()), ("window", pa.list_(pa.float64(), 4)), ("lat", pa.float64()),
+                            ("lon", pa.float64()), ("extra", pa.string())])
+        with pq.ParquetWriter(path, schema) as writer:
+            for start in range(0, len(self), batch_rows):
+                metas = self.metadata[start : start + batch_rows]
+                block = vectors[start : start + len(metas)]
+                extra = [{k: v for k, v in m.items() if k not in known} for m in metas]
+                columns = {
+                    "row": pa.array(range(start, start + len(metas)), pa.int64()),
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1), pa.float32()), self.dim),
+                    "id": [None if m.get("id") is None else str(m["id"]) for m in metas],
+                    "source": [m.get("source") for m in metas],
+                    "window": [m.get("window") for m in metas],
+                    "lat": [m.get("lat") for m in metas],
+                    "lon": [m.get("lon") for m in metas],
+                    "extra": [json.dumps(e, ensure_ascii=False) if e else None for e in extra],
+                }
+                writer.write_table(pa.table(columns, schema=schema))
+        return path
+
     def info(self) -> dict:
         return {"format_version": FORMAT_VERSION, "kind": self.kind, "dim": self.dim, "count": len(self),
                 "metric": "inner_product", "params": self.params, "model_fingerprint": self.fingerprint, "build": self.build_info}
