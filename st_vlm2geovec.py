@@ -11,12 +11,16 @@ The module holds the HF model and processor and saves them in the checkpoint roo
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import multiprocessing
 import os
+import pickle
 import shutil
+import weakref
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +107,48 @@ class _CheckedEncode:
             return encode(self.model, inputs, *args, **kwargs)
 
 
+PREPROCESS_BACKENDS = ("thread", "process")
+_worker_processor: VLM2GeoVecProcessor | None = None  # set in each preprocessing process by its initializer
+
+
+def _init_preprocess_process(processor_state: bytes) -> None:
+    global _worker_processor
+    torch.set_num_threads(1)  # one core per worker: the parent's forward keeps the rest
+    _worker_processor = pickle.loads(processor_state)
+
+
+def _preprocess_in_process(items: list[Any], instruction: str | None) -> dict[str, Any]:
+    return dict(_worker_processor(items=items, instruction=instruction))
+
+
+class _ProcessPool:
+    """A spawn-context process pool kept across `encode` calls, rebuilt when the processor changes (its pickled
+    state is the key, so e.g. a new `max_seq_length` reaches the workers). Spawned, not forked: forking a parent
+    that holds CUDA, OpenMP or tokenizer threads can hang the child."""
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.executor: ProcessPoolExecutor | None = None
+
+    def get(self, processor: VLM2GeoVecProcessor, workers: int) -> ProcessPoolExecutor:
+        state = pickle.dumps(processor)
+        key = (workers, hashlib.sha256(state).hexdigest())
+        if key != self.key:
+            self.shutdown()
+            self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_preprocess_process, initargs=(state,))
+            self.key = key
+        return self.executor
+
+    def shutdown(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor, self.key = None, None
+
+
 class _Prefetcher:
-    """Preprocesses upcoming batches in a thread pool; `VLM2GeoVecEmbedder.preprocess` takes them when the
-    requested batch is the expected one (same objects, same prompt) and computes directly otherwise."""
+    """Preprocesses upcoming batches in worker threads or processes; `VLM2GeoVecEmbedder.preprocess` takes them
+    when the requested batch is the expected one (same objects, same prompt) and computes directly otherwise."""
 
     def __init__(self, embedder: "VLM2GeoVecEmbedder", batches: list[list[Any]], prompt: str | None, workers: int):
         self.embedder, self.batches, self.prompt, self.workers = embedder, batches, prompt, workers
@@ -114,7 +157,12 @@ class _Prefetcher:
         self.hits = 0  # batches served from the look-ahead (for tests and benchmarks)
 
     def __enter__(self):
-        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vlm2geovec-preprocess")
+        if self.embedder.preprocess_backend == "process":
+            self.executor: Executor = self.embedder._process_pool.get(self.embedder.processor, self.workers)
+            self.preprocess = _preprocess_in_process
+        else:
+            self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vlm2geovec-preprocess")
+            self.preprocess = self._preprocess_in_thread
         for _ in range(2 * self.workers):  # bounded look-ahead keeps memory flat
             self._submit()
         self.embedder._prefetcher = self
@@ -124,13 +172,17 @@ class _Prefetcher:
         self.embedder._prefetcher = None
         for _, future in self.pending:
             future.cancel()
-        self.executor.shutdown(wait=True)
+        if self.embedder.preprocess_backend != "process":  # the process pool lives on for the next call
+            self.executor.shutdown(wait=True)
         return False
+
+    def _preprocess_in_thread(self, items: list[Any], instruction: str | None) -> dict[str, Any]:
+        return dict(self.embedder.processor(items=items, instruction=instruction))
 
     def _submit(self) -> None:
         if self.next_index < len(self.batches):
             items = self.batches[self.next_index]
-            future = self.executor.submit(self.embedder.processor, items=items, instruction=self.prompt)
+            future = self.executor.submit(self.preprocess, items, self.prompt)
             self.pending.append((items, future))
             self.next_index += 1
 
@@ -155,16 +207,49 @@ class VLM2GeoVecEmbedder(InputModule):
     """
 
     config_file_name = "sentence_vlm2geovec_config.json"
-    config_keys: list[str] = ["preprocess_workers"]
+    config_keys: list[str] = ["preprocess_workers", "preprocess_backend"]
     save_in_root = True
 
-    def __init__(self, model: VLM2GeoVecModel, processor: VLM2GeoVecProcessor, preprocess_workers: int | None = None):
+    def __init__(self, model: VLM2GeoVecModel, processor: VLM2GeoVecProcessor, preprocess_workers: int | None = None,
+                 preprocess_backend: str = "thread"):
         super().__init__()
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.preprocess_workers = preprocess_workers
+        self.preprocess_backend = preprocess_backend
         self._prefetcher: _Prefetcher | None = None
+
+    @property
+    def preprocess_backend(self) -> str:
+        """Where look-ahead preprocessing runs: ``"thread"`` (default; no start-up cost) or ``"process"`` (spawned
+        worker processes, kept across calls: image decoding and resizing escape the GIL, at a few seconds of
+        start-up; scripts then need the usual ``if __name__ == "__main__":`` guard)."""
+        return self._preprocess_backend
+
+    @preprocess_backend.setter
+    def preprocess_backend(self, value: str) -> None:
+        if value not in PREPROCESS_BACKENDS:
+            raise ValueError(f"preprocess_backend must be one of {PREPROCESS_BACKENDS}; got {value!r}")
+        self._preprocess_backend = value
+        pool = self.__dict__.get("_process_pool_state")
+        if value != "process" and pool is not None:
+            pool.shutdown()
+
+    @property
+    def _process_pool(self) -> _ProcessPool:
+        # Kept out of the module's state dict and attributes that deepcopy/pickle would try to copy.
+        pool = self.__dict__.get("_process_pool_state")
+        if pool is None:
+            pool = self.__dict__["_process_pool_state"] = _ProcessPool()
+            weakref.finalize(self, pool.shutdown)
+        return pool
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_process_pool_state", None)  # a pool of live processes cannot be copied
+        return state
 
     def resolved_preprocess_workers(self, device: Any = None) -> int:
         """Threads that preprocess ahead during `encode`. ``None`` (default): on an accelerator, up to 8 (half
@@ -277,7 +362,8 @@ class VLM2GeoVecEmbedder(InputModule):
         )
         settings = cls.load_config(model_name_or_path, subfolder=subfolder, token=token, cache_folder=cache_folder,
                                    revision=revision, local_files_only=local_files_only)
-        return cls(model, processor, preprocess_workers=settings.get("preprocess_workers"))
+        return cls(model, processor, preprocess_workers=settings.get("preprocess_workers"),
+                   preprocess_backend=settings.get("preprocess_backend", "thread"))
 
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"

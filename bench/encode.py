@@ -165,21 +165,52 @@ def measure(model, processor, items, batch_size, device, dtype, repeats):
     return results
 
 
-def end_to_end(model, processor, items, batch_size, device, workers):
-    """Wall time of `SentenceTransformer.encode` with `workers` look-ahead preprocessing threads."""
+def end_to_end(model, processor, items, batch_size, device, workers, backend="thread"):
+    """Wall time of `SentenceTransformer.encode` with `workers` look-ahead preprocessing threads or processes."""
     from sentence_transformers import SentenceTransformer
 
     from st_vlm2geovec import VLM2GeoVecEmbedder
 
-    module = VLM2GeoVecEmbedder(model, processor, preprocess_workers=workers)
+    module = VLM2GeoVecEmbedder(model, processor, preprocess_workers=workers, preprocess_backend=backend)
     st = SentenceTransformer(modules=[module], device=device)
-    st.encode(items[: 2 * batch_size], batch_size=batch_size)  # warm-up
+    st.encode(items[: 3 * batch_size], batch_size=batch_size)  # warm-up (also starts a process pool)
     sync(device)
     start = time.perf_counter()
     vectors = st.encode(items, batch_size=batch_size, convert_to_numpy=True)
     sync(device)
     assert vectors.shape[0] == len(items)
-    return time.perf_counter() - start, module.resolved_preprocess_workers(device)
+    seconds = time.perf_counter() - start
+    module.preprocess_backend = "thread"  # shuts the process pool down
+    return seconds, module.resolved_preprocess_workers(device)
+
+
+def preprocess_scaling(processor, items, batch_size, workers: int) -> dict:
+    """Preprocessing alone (no model): seconds for all batches serially, in `workers` threads and in `workers`
+    spawned processes (pool started before timing) — whether preprocessing itself scales with cores."""
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from st_vlm2geovec import _init_preprocess_process, _preprocess_in_process
+
+    batches = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
+    start = time.perf_counter()
+    for batch in batches:
+        processor(items=batch)
+    serial = time.perf_counter() - start
+    with ThreadPoolExecutor(workers) as pool:
+        start = time.perf_counter()
+        list(pool.map(lambda b: processor(items=b), batches))
+        threads = time.perf_counter() - start
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_preprocess_process, initargs=(pickle.dumps(processor),)) as pool:
+        list(pool.map(_preprocess_in_process, batches[:workers], [None] * workers))  # start every worker
+        start = time.perf_counter()
+        list(pool.map(_preprocess_in_process, batches, [None] * len(batches)))
+        processes = time.perf_counter() - start
+    return {"workers": workers, "serial_s": round(serial, 4), "threads_s": round(threads, 4),
+            "processes_s": round(processes, 4), "thread_speedup": round(serial / threads, 3),
+            "process_speedup": round(serial / processes, 3)}
 
 
 def environment(device: str) -> dict:
@@ -220,6 +251,15 @@ def append_results_md(record: dict, path: Path) -> None:
         f"{e2e['items_per_s']} items/s; floor model time / wall = {e2e['ratio_to_floor']}; "
         f"serial preprocessing / wall ≈ {e2e['preprocess_share']:.0%}.\n"
     )
+    proc = record.get("end_to_end_process")
+    if proc:
+        lines.append(f"With {proc['preprocess_workers']} look-ahead preprocessing *processes*: {proc['wall_s']} s = "
+                     f"{proc['items_per_s']} items/s; floor model time / wall = {proc['ratio_to_floor']}.\n")
+    scaling = record.get("preprocess_scaling")
+    if scaling:
+        lines.append(f"Preprocessing alone, {scaling['workers']} workers: serial {scaling['serial_s']} s, threads "
+                     f"{scaling['threads_s']} s (x{scaling['thread_speedup']}), processes {scaling['processes_s']} s "
+                     f"(x{scaling['process_speedup']}).\n")
     with open(path, "a", encoding="utf-8") as handle:
         handle.writelines(lines)
 
@@ -234,6 +274,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per measurement (best kept)")
     parser.add_argument("--quick", action="store_true", help="small workload, one pass (CI)")
     parser.add_argument("--workers", type=int, default=None, help="look-ahead preprocessing threads (default: auto)")
+    parser.add_argument("--process-workers", type=int, default=0,
+                        help="also time encode with this many look-ahead preprocessing processes, and preprocessing "
+                             "alone serial vs threads vs processes (0: skip)")
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--results-md", default=str(REPO / "bench" / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -247,6 +290,14 @@ def main(argv=None) -> dict:
     serial_wall, _ = end_to_end(model, processor, items, args.batch_size, args.device, workers=0)
     wall, workers = end_to_end(model, processor, items, args.batch_size, args.device, workers=args.workers)
     length = orders["length"]
+    extra = {}
+    if args.process_workers:
+        proc_wall, proc_workers = end_to_end(model, processor, items, args.batch_size, args.device,
+                                             workers=args.process_workers, backend="process")
+        extra["end_to_end_process"] = {"preprocess_workers": proc_workers, "wall_s": round(proc_wall, 4),
+                                       "items_per_s": round(n / proc_wall, 2),
+                                       "ratio_to_floor": round(length["floor_model_s"] / proc_wall, 4)}
+        extra["preprocess_scaling"] = preprocess_scaling(processor, items, args.batch_size, args.process_workers)
     record = {
         "benchmark": "encode",
         "model": args.model,
@@ -264,6 +315,7 @@ def main(argv=None) -> dict:
             "ratio_to_floor": round(length["floor_model_s"] / wall, 4),
             "preprocess_share": round(min(1.0, length["preprocess_s"] / wall), 4),
         },
+        **extra,
     }
     return write_outputs(record, args.json, args.results_md, args.quick, append_results_md)
 

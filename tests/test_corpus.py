@@ -107,6 +107,11 @@ def test_dataset_source_uses_the_rsmeb_item_columns(tmp_path):
         open_source(tmp_path / "dd", split="train", item_columns=["label"])
     with pytest.raises(ValueError, match="not all of the item columns"):
         open_source(tmp_path / "dd", split="train", item_columns=["bbox"])
+    (tmp_path / "pq").mkdir()
+    data.to_parquet(str(tmp_path / "pq" / "train-00000.parquet"))  # a plain parquet folder: datasets.load_dataset
+    from_parquet = open_source(tmp_path / "pq")
+    assert from_parquet.name == f"{tmp_path / 'pq'}:train" and len(from_parquet) == 3
+    assert [m["id"] for _, m in from_parquet.read(1, 3)] == ["b", "c"]
 
 
 def test_build_save_load_search_returns_the_same_top_k(model, neon_tif, tmp_path):

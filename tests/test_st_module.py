@@ -190,12 +190,15 @@ def test_save_load_roundtrip_in_fresh_process_elsewhere(_nano, tmp_path, images)
     assert np.abs(st - expected).max() <= 1e-6
 
 
-def test_threaded_preprocessing_gives_identical_vectors(loaded, images, monkeypatch):
-    """With look-ahead workers the batches are preprocessed in threads; vectors must not change at all."""
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_look_ahead_preprocessing_gives_identical_vectors(loaded, images, monkeypatch, backend):
+    """With look-ahead workers the batches are preprocessed in threads or spawned processes (run from the
+    checkpoint's remote code); vectors must not change at all."""
     import sys
 
     _, _, st, _ = loaded
     module = st[0]
+    module.preprocess_backend = backend
     prefetcher_class = sys.modules[type(module).__module__]._Prefetcher
     items = mixed_items(images) * 3 + [f"caption number {i}" for i in range(7)]
     module.preprocess_workers = 0
@@ -214,10 +217,47 @@ def test_threaded_preprocessing_gives_identical_vectors(loaded, images, monkeypa
         threaded_query = st.encode_query(items, batch_size=4)
     finally:
         module.preprocess_workers = None
+        module.preprocess_backend = "thread"
     assert np.array_equal(serial, threaded)
     assert np.abs(threaded_query - serial).max() <= 1e-6  # the query prompt is empty for this checkpoint
     # Every batch came from the look-ahead: our order matches the one sentence-transformers forms.
     assert served and all(hits == total for hits, total in served), served
+
+
+def test_process_workers_follow_processor_changes_and_survive_copies(loaded, images, tmp_path):
+    import copy
+
+    _, _, st, _ = loaded
+    module = st[0]
+    items = mixed_items(images) * 2 + ["terrace fields " * 300]  # only this one is longer than 400 tokens
+    module.preprocess_workers = 2
+    try:
+        threaded = st.encode(items, batch_size=2)
+        module.preprocess_backend = "process"
+        first = st.encode(items, batch_size=2)
+        pool = module._process_pool.executor
+        assert st.encode(items, batch_size=2).tolist() == first.tolist() and module._process_pool.executor is pool
+        module.max_seq_length = 400  # the workers hold a copy of the processor: the pool is rebuilt
+        shorter = st.encode(items, batch_size=2)
+        assert module._process_pool.executor is not pool
+        copied = copy.deepcopy(st)  # a live pool is not part of the copied state
+        assert copied[0].preprocess_backend == "process" and copied[0]._process_pool.executor is None
+        st.save(str(tmp_path / "saved"))
+        config = json.loads((tmp_path / "saved" / "sentence_vlm2geovec_config.json").read_text())
+        assert config == {"preprocess_workers": 2, "preprocess_backend": "process"}
+    finally:
+        module.max_seq_length = None
+        module.preprocess_workers = None
+        module.preprocess_backend = "thread"
+    assert np.array_equal(first, threaded)
+    module.max_seq_length = 400
+    try:
+        assert np.array_equal(shorter, st.encode(items, batch_size=2))
+    finally:
+        module.max_seq_length = None
+    assert np.array_equal(shorter[:-1], first[:-1]) and not np.allclose(shorter[-1], first[-1], atol=1e-3)
+    with pytest.raises(ValueError, match="preprocess_backend must be one of"):
+        module.preprocess_backend = "gpu"
 
 
 def test_preprocess_workers_default_by_device(loaded):
