@@ -260,3 +260,20 @@ def test_two_torchrun_processes_equal_one(nano_dir, neon_tif, tmp_path):
     np.testing.assert_allclose(vectors_of(two), vectors_of(one), atol=1e-6)
     made_by = sorted(p.name for p in (tmp_path / "two" / "parts").glob("chunk-*.npz"))
     assert made_by == [f"chunk-{c:06d}.npz" for c in range(7)]
+
+
+def test_cli_preprocess_options_reach_the_model(nano_dir, corpus_jsonl, tmp_path, monkeypatch):
+    import vlm2geovec.cli as cli
+
+    seen = {}
+    real = cli._load_for_encoding
+
+    def spy(args, device):
+        model = real(args, device)
+        seen.update(workers=model[0].preprocess_workers, backend=model[0].preprocess_backend)
+        return model
+
+    monkeypatch.setattr(cli, "_load_for_encoding", spy)
+    assert main(["embed", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(tmp_path / "v.npy"),
+                 "--preprocess-workers", "1", "--preprocess-backend", "thread", "--quiet"]) == 0
+    assert seen == {"workers": 1, "backend": "thread"} and np.load(tmp_path / "v.npy").shape[0] == 8

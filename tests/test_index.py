@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, make_image
+from tests.conftest import make_image
 from vlm2geovec.index import VectorIndex, build_index_from_items, validate_metadata
 
 

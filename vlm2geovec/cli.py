@@ -53,10 +53,27 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_preprocess_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preprocess-workers", type=int, default=None,
+                        help="look-ahead preprocessing workers (default: up to 8 on GPU, 0 on CPU)")
+    parser.add_argument("--preprocess-backend", choices=["thread", "process"], default=None,
+                        help="run them as threads (default) or spawned processes")
+
+
+def _load_for_encoding(args: argparse.Namespace, device: str | None):
+    from vlm2geovec import load_model
+
+    model = load_model(args.model, device=device)
+    if args.preprocess_workers is not None:
+        model[0].preprocess_workers = args.preprocess_workers
+    if args.preprocess_backend is not None:
+        model[0].preprocess_backend = args.preprocess_backend
+    return model
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vlm2geovec import load_model
     from vlm2geovec.corpus import read_items_jsonl
     from processing_vlm2geovec import normalize_item
 
@@ -67,7 +84,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             normalize_item(item, f"{args.input}: line item {index + 1}", max_image_pixels=16_384**2)
         except (ValueError, TypeError) as error:
             raise SystemExit(f"error: {error}")
-    model = load_model(args.model, device=args.device)
+    model = _load_for_encoding(args, args.device)
     vectors = model.encode(
         items,
         batch_size=args.batch_size,
@@ -135,7 +152,6 @@ def _distributed_barrier() -> bool:
 
 
 def _cmd_index_build(args: argparse.Namespace) -> int:
-    from vlm2geovec import load_model
     from vlm2geovec.corpus import build_corpus_index, index_from_parts, open_source, parse_shard
 
     params = _index_params(args)
@@ -154,7 +170,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
         import torch
 
         device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
-    model = load_model(args.model, device=device)
+    model = _load_for_encoding(args, device)
     try:
         build_corpus_index(model, source, args.out, shard=shard, chunk_size=args.chunk_size, batch_size=args.batch_size,
                            instruction=args.instruction, show_progress_bar=not args.quiet)
@@ -353,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=16)
     embed.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best available)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_preprocess_args(embed)
     embed.set_defaults(func=_cmd_embed)
 
     train = sub.add_parser("train", help="contrastive training with the sentence-transformers Trainer")
@@ -426,6 +443,7 @@ def _add_index_parsers(sub) -> None:
     build.add_argument("--instruction", default=None, help="instruction (prompt) for every corpus item")
     build.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: best available)")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_preprocess_args(build)
     data = build.add_argument_group("datasets")
     data.add_argument("--split", default=None, help="dataset split (default: the only one, or train for Hub ids)")
     data.add_argument("--config", default=None, help="dataset config, e.g. an RSMEB <task>-corpus")
