@@ -237,6 +237,10 @@ def test_cli_errors_are_specific(nano_dir, corpus_jsonl, neon_tif, tmp_path, cap
         main(["index", "build", "--model", str(nano_dir), "--input", str(tmp_path / "nope.parquet"), "--out", str(out)])
     with pytest.raises(SystemExit, match="raster not found"):
         main(["index", "build", "--model", str(nano_dir), "--input", str(REPO_ROOT / "missing.tif"), "--out", str(out)])
+    with pytest.raises(SystemExit, match="--bands must be comma-separated ints; got '4,x'"):
+        main(["index", "build", "--model", str(nano_dir), "--input", str(neon_tif), "--bands", "4,x", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--scale needs 2 numbers"):
+        main(["index", "build", "--model", str(nano_dir), "--input", str(neon_tif), "--scale", "0", "--out", str(out)])
     with pytest.raises(SystemExit, match="band 7 does not exist"):
         main(["index", "build", "--model", str(nano_dir), "--input", str(neon_tif), "--bands", "7", "--out", str(out)])
 

@@ -112,26 +112,15 @@ def _index_params(args: argparse.Namespace) -> dict:
     return given
 
 
-def _parse_ints(value: str | None, name: str, count: int | None = None) -> tuple[int, ...] | None:
+def _parse_numbers(value: str | None, name: str, kind: type = float, count: int | None = None) -> tuple | None:
+    """``"1,2,3"`` -> ``(1, 2, 3)`` of `kind`; a clear CLI error for anything else (or the wrong count)."""
     if value is None:
         return None
     try:
-        numbers = tuple(int(v) for v in value.split(","))
+        numbers = tuple(kind(v) for v in value.split(","))
     except ValueError:
-        raise SystemExit(f"error: {name} must be comma-separated integers; got {value!r}") from None
+        raise SystemExit(f"error: {name} must be comma-separated {kind.__name__}s; got {value!r}") from None
     if count is not None and len(numbers) != count:
-        raise SystemExit(f"error: {name} needs {count} numbers; got {value!r}")
-    return numbers
-
-
-def _parse_floats(value: str | None, name: str, count: int) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        numbers = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise SystemExit(f"error: {name} must be {count} comma-separated numbers; got {value!r}") from None
-    if len(numbers) != count:
         raise SystemExit(f"error: {name} needs {count} numbers; got {value!r}")
     return numbers
 
@@ -157,10 +146,10 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     params = _index_params(args)
     try:
         shard = parse_shard(args.shard)
-        scale = args.scale if args.scale in ("auto", "none") else _parse_floats(args.scale, "--scale", 2)
+        scale = args.scale if args.scale in ("auto", "none") else _parse_numbers(args.scale, "--scale", count=2)
         source = open_source(args.input, split=args.split, config=args.config,
                              item_columns=args.item_columns.split(",") if args.item_columns else None,
-                             tile_size=args.tile_size, stride=args.stride, bands=_parse_ints(args.bands, "--bands"),
+                             tile_size=args.tile_size, stride=args.stride, bands=_parse_numbers(args.bands, "--bands", int),
                              max_nodata=args.max_nodata, scale=None if scale == "none" else scale, edge=args.edge,
                              embed_coords=args.embed_coords)
     except (ValueError, FileNotFoundError) as error:
@@ -253,8 +242,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     try:
         index = VectorIndex.load(args.index)
-        item = search_query_item(args.query, args.image, _parse_floats(args.bbox, "--bbox", 4),
-                                 _parse_floats(args.coords, "--coords", 2), args.item)
+        item = search_query_item(args.query, args.image, _parse_numbers(args.bbox, "--bbox", count=4),
+                                 _parse_numbers(args.coords, "--coords", count=2), args.item)
         normalize_item(item, "query")
         if args.ef_search is not None:
             index.set_search_params(ef_search=args.ef_search)
