@@ -281,3 +281,17 @@ def test_cli_preprocess_options_reach_the_model(nano_dir, corpus_jsonl, tmp_path
     assert main(["embed", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(tmp_path / "v.npy"),
                  "--preprocess-workers", "1", "--preprocess-backend", "thread", "--quiet"]) == 0
     assert seen == {"workers": 1, "backend": "thread"} and np.load(tmp_path / "v.npy").shape[0] == 8
+
+
+def test_a_bad_record_is_named_and_finished_chunks_are_kept(model, corpus_jsonl, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = corpus_jsonl.read_text().splitlines()
+    lines.insert(5, json.dumps({"item": {"coords": [91.0, 0.0]}, "id": "north-of-the-pole"}))
+    bad.write_text("\n".join(lines) + "\n")
+    (tmp_path / "tile0.png").symlink_to(corpus_jsonl.parent / "tile0.png")
+    for i in (1, 2, 3):
+        (tmp_path / f"tile{i}.png").symlink_to(corpus_jsonl.parent / f"tile{i}.png")
+    source = open_source(bad)
+    with pytest.raises(ValueError, match="bad.jsonl: record id 'north-of-the-pole'.*latitude"):
+        build_corpus_index(model, source, tmp_path / "index", chunk_size=3, show_progress_bar=False)
+    assert sorted(p.name for p in (tmp_path / "index" / "parts").glob("chunk-*")) == ["chunk-000000.npz"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -307,13 +308,27 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
             dim = model.get_embedding_dimension()
             vectors = np.zeros((0, dim), dtype=np.float32)
             if records:
-                vectors = model.encode([item for item, _ in records], batch_size=batch_size, prompt=instruction,
-                                       convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+                try:
+                    vectors = model.encode([item for item, _ in records], batch_size=batch_size, prompt=instruction,
+                                           convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+                except (ValueError, TypeError) as error:
+                    raise _locate_error(error, records, source) from None
             metadata = validate_metadata([meta for _, meta in records], len(records))
             _atomic_save_chunk(_chunk_path(parts, chunk), np.asarray(vectors, dtype=np.float32), metadata)
             written.append(chunk)
             bar.update(stop - start)
     return written
+
+
+def _locate_error(error: Exception, records: list[Record], source) -> Exception:
+    """Name the corpus record (input, id) of an item error instead of its index inside one chunk's batch;
+    chunks finished before it stay on disk, so a rerun after fixing the input resumes."""
+    match = re.match(r"^inputs\[(\d+)\](.*)$", str(error), re.S)
+    if not match or int(match.group(1)) >= len(records):
+        return error
+    meta = records[int(match.group(1))][1]
+    where = f"{source.describe()['input']}: record id {meta.get('id')!r}"
+    return type(error)(f"{where}{match.group(2)}")
 
 
 def missing_chunks(out: str | os.PathLike) -> list[int]:
