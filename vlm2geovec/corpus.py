@@ -173,8 +173,10 @@ class RasterSource:
         return len(self.tiler)
 
     def describe(self) -> dict:
+        from vlm2geovec.geotiff import is_remote
+
         t = self.tiler
-        return {"type": "raster", "input": os.path.abspath(t.path), "positions": len(self), "size": t.size,
+        return {"type": "raster", "input": t.path if is_remote(t.path) else os.path.abspath(t.path), "positions": len(self), "size": t.size,
                 "stride": t.stride, "bands": list(t.bands), "max_nodata": t.max_nodata, "edge": t.edge,
                 "scale": None if t.scale is None else t.scale.tolist(), "embed_coords": self.embed_coords}
 

@@ -54,6 +54,11 @@ def _rasterio():
     return rasterio
 
 
+def is_remote(path: str) -> bool:
+    """A GDAL URL or virtual path (a COG over https:// or s3://, /vsicurl/...): read remotely, never checked on disk."""
+    return "://" in path or path.startswith("/vsi")
+
+
 @dataclass(frozen=True)
 class Tile:
     """One tile: an RGB image, its pixel window ``[x0, y0, x1, y1]`` in the raster and its WGS84 centre."""
@@ -86,7 +91,7 @@ class GeoTiffTiler:
                  scale: str | tuple[float, float] | None = "auto", edge: str = "drop"):
         rasterio = _rasterio()
         self.path = str(path)
-        if not Path(self.path).is_file():
+        if not is_remote(self.path) and not Path(self.path).is_file():
             raise FileNotFoundError(f"raster not found: {self.path}")
         self.size = _positive_int(size, "size")
         self.stride = _positive_int(self.size if stride is None else stride, "stride")
@@ -200,7 +205,9 @@ class GeoTiffTiler:
         rasterio = _rasterio()
         x0, y0, x1, y1 = window
         win = rasterio.windows.Window(x0, y0, x1 - x0, y1 - y0)
-        data = self._dataset.read(self.bands, window=win, masked=True, boundless=True)
+        outside = x1 > self.width or y1 > self.height
+        # boundless reads go through a warped VRT (slow): only for windows that leave the raster
+        data = self._dataset.read(self.bands, window=win, masked=True, boundless=outside)
         pixels = np.ma.getdata(data).astype(np.float64)
         nodata = np.ma.getmaskarray(data).any(axis=0) | ~np.isfinite(pixels).all(axis=0)
         # GDAL's boundless masked read marks padding as nodata only when the raster declares one: do it ourselves.
