@@ -44,6 +44,14 @@ embeddings = model(**processor(items=[{{"text": "a river delta"}}], instruction=
 
 Both paths give the same vectors (tested to 1e-5).
 
+Search an archive with the `vlm2geovec` package (its `index` and `geo` extras): tile a GeoTIFF, index it, query it by text,
+image (+ box) or coordinates; `--shard i/n` or torchrun splits the embedding across GPUs and machines.
+
+```bash
+vlm2geovec index build --model {repo} --input scene.tif --tile-size 256 --bands 4,3,2 --out scene-index
+vlm2geovec search --index scene-index --query "a marina with boats" -k 10
+```
+
 ## Input specification (input format version 1)
 
 An **item** is a string (text), an image, a dict with any of `image`, `text`, `bbox`, `coords`, or a list
