@@ -410,7 +410,7 @@ def _add_index_kind_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build effort (default 200)")
     parser.add_argument("--ef-search", type=int, default=None, help="HNSW search effort (default 256)")
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(n))")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default 16)")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default 64)")
 
 
 def _add_index_parsers(sub) -> None:
