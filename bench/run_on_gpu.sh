@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the encode benchmark on a lent GPU machine (no network there). Wheels of the pinned versions and the
+# Run the benchmarks on a lent GPU machine (no network there). Wheels of the pinned versions and the
 # prebuilt Qwen2 tokenizer travel in .whl/ (see bench/README.md); results land in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ python3 -c "import torch, transformers, sentence_transformers as s; print(torch.
 WHAT="${WHAT:-encode train}"
 if [[ " $WHAT " == *" encode "* ]]; then
 python3 bench/encode.py --model qwen2vl-2b-random --device cuda --n "${N:-512}" --batch-size "${BS:-32}" \
-  --json "$OUT/encode_qwen2vl-2b-random.json" --results-md "$OUT/RESULTS.md" > "$OUT/encode_2b.log" 2>&1
+  --process-workers "${PROCS:-8}" --json "$OUT/encode_qwen2vl-2b-random.json" --results-md "$OUT/RESULTS.md" > "$OUT/encode_2b.log" 2>&1
 echo "2b exit $?"; tail -5 "$OUT/encode_2b.log"
 python3 bench/encode.py --model nano --device cuda --n "${N:-512}" --batch-size "${BS:-32}" \
   --json "$OUT/encode_nano.json" --results-md "$OUT/RESULTS.md" > "$OUT/encode_nano.log" 2>&1
@@ -26,5 +26,10 @@ if [[ " $WHAT " == *" train "* ]]; then
 python3 bench/train.py --model qwen2vl-2b-random --device cuda --json "$OUT/train_qwen2vl-2b-random.json" \
   --results-md "$OUT/RESULTS.md" > "$OUT/train_2b.log" 2>&1
 echo "train exit $?"; grep "{'batch" "$OUT/train_2b.log"; tail -3 "$OUT/train_2b.log"
+fi
+if [[ " $WHAT " == *" search "* ]]; then  # CPU-bound: uses the machine's cores, not the GPU
+python3 bench/search.py --dim 1536 --sizes 100000 1000000 --data clustered --kinds hnsw ivf \
+  --json "$OUT/search_1536.json" --results-md "$OUT/RESULTS.md" > "$OUT/search.log" 2>&1
+echo "search exit $?"
 fi
 cat "$OUT/RESULTS.md"
