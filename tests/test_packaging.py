@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 import tomllib
 
 from tests.conftest import REPO_ROOT
@@ -24,9 +25,9 @@ def test_no_torchvision_in_any_install_path():
 
 
 def test_remote_code_files_import_only_allowed_modules():
-    """The files copied into checkpoints must run with only torch/transformers/PIL/numpy (and each other)."""
-    allowed = {"__future__", "io", "math", "os", "json", "shutil", "dataclasses", "pathlib", "typing", "collections",
-               "inspect", "concurrent",
+    """The files copied into checkpoints must run with only the standard library, torch/transformers/PIL/numpy
+    (and each other)."""
+    allowed = set(sys.stdlib_module_names) | {
                "numpy", "torch", "PIL", "transformers", "sentence_transformers",
                "peft",  # imported lazily, only to load an adapter checkpoint
                "modeling_vlm2geovec", "processing_vlm2geovec"}
