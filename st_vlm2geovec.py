@@ -68,9 +68,11 @@ def _merge_json(path: Path, update: dict[str, Any]) -> None:
 class _TokenEstimate:
     def __init__(self, image_processor):
         self.image_processor = image_processor
+        self.known: dict[int, int] = {}  # id(item) -> estimate, filled for the span of one look-ahead encode
 
     def __call__(self, sample: Any) -> int:
-        return estimate_item_tokens(sample, self.image_processor)
+        known = self.known.get(id(sample))
+        return known if known is not None else estimate_item_tokens(sample, self.image_processor)
 
 
 class _CheckedEncode:
@@ -100,11 +102,22 @@ class _CheckedEncode:
         except Exception:  # a bad prompt name: let encode raise its own error
             return encode(self.model, inputs, *args, **kwargs)
         # The same order and batches as SentenceTransformer._inference forms (length-sorted, longest first).
-        order = np.argsort([-self.model._input_length(item) for item in batch]).tolist()
+        estimate = self.model._input_length
+        lengths = [estimate(item) for item in batch]
+        order = np.argsort([-length for length in lengths]).tolist()
         size = bound.get("batch_size", 32)
         batches = [[batch[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
-        with _Prefetcher(self.embedder, batches, prompt or None, workers):
-            return encode(self.model, inputs, *args, **kwargs)
+        # encode sorts by the same estimates: hand them over instead of computing each one twice (the items
+        # stay referenced by `batch`, so their ids cannot be reused meanwhile)
+        known = {id(item): length for item, length in zip(batch, lengths)} if isinstance(estimate, _TokenEstimate) else {}
+        if known:
+            estimate.known = known
+        try:
+            with _Prefetcher(self.embedder, batches, prompt or None, workers):
+                return encode(self.model, inputs, *args, **kwargs)
+        finally:
+            if known:
+                estimate.known = {}
 
 
 PREPROCESS_BACKENDS = ("thread", "process")

@@ -211,9 +211,19 @@ def test_look_ahead_preprocessing_gives_identical_vectors(loaded, images, monkey
         return real_exit(self, *exc)
 
     monkeypatch.setattr(prefetcher_class, "__exit__", recording_exit)
+    remote = sys.modules[type(module).__module__]
+    estimates = []
+    real_estimate = remote.estimate_item_tokens
+
+    def counting_estimate(item, image_processor):
+        estimates.append(id(item))
+        return real_estimate(item, image_processor)
+
+    monkeypatch.setattr(remote, "estimate_item_tokens", counting_estimate)
     module.preprocess_workers = 2
     try:
         threaded = st.encode(items, batch_size=4)
+        assert len(estimates) == len(items)  # once per item: our batch plan and encode's sort share them
         threaded_query = st.encode_query(items, batch_size=4)
     finally:
         module.preprocess_workers = None
