@@ -30,16 +30,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
         tasks = build_lite(seed=args.seed)
         write_dataset(args.out, tasks, title="RSMEB-lite", notes=LITE_NOTES)
     else:
-        from rsmeb_eval.builders.public import SOURCES, build_source
+        from rsmeb_eval.builders.public import build_source_folder
 
         if args.raw is None:
             raise SystemExit("error: --source needs --raw DIR (the dataset as distributed)")
-        if args.source not in SOURCES:
-            raise SystemExit(f"error: unknown source {args.source!r}; known: {', '.join(sorted(SOURCES))}")
-        result = build_source(args.source, args.raw, on_error=args.on_error, seed=args.seed)
+        try:
+            result, _ = build_source_folder(args.source, args.raw, args.out, on_error=args.on_error, seed=args.seed,
+                                            if_exists=args.if_exists)
+        except (ValueError, FileExistsError) as error:
+            raise SystemExit(f"error: {error}")
         for problem in result.report.problems:
             print(f"skipped {problem.file}:{problem.row}: {problem.reason}")
-        write_dataset(args.out, result.tasks, title=f"RSMEB — {args.source}")
     print(f"wrote RSMEB data to {args.out}")
     return 0
 
@@ -94,6 +95,8 @@ def add_rsmeb_parser(subparsers) -> None:
     build.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                        help="corrupt rows: stop (default) or skip and report each")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--if-exists", choices=["error", "overwrite", "merge"], default="error",
+                       help="when --out already holds a dataset (--source builds)")
     build.set_defaults(func=_cmd_build)
 
     evaluate = sub.add_parser("eval", help="evaluate a model; writes results.json, results.md, families.png")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rsmeb_eval.schema import corpus_features, query_features
 
@@ -143,3 +144,76 @@ def write_dataset(folder: str | os.PathLike, tasks: dict[str, dict[str, TaskData
         entries += write_task(folder, name, tasks[name])
     (folder / "README.md").write_text(dataset_card(sorted(tasks), configs_yaml(entries), title, notes), encoding="utf-8")
     return folder
+
+
+IfExists = Literal["error", "overwrite", "merge"]
+
+
+def _existing(folder: Path, task: str, split: str) -> TaskData | None:
+    import pyarrow.parquet as pq
+
+    queries = folder / "data" / task / f"{split}.parquet"
+    corpus = folder / "data" / (task + CORPUS_SUFFIX) / f"{split}.parquet"
+    if not queries.is_file():
+        return None
+    return TaskData(queries=pq.read_table(queries).to_pylist(), corpus=pq.read_table(corpus).to_pylist())
+
+
+def _merge(old: TaskData, new: TaskData, where: str) -> TaskData:
+    for kind, key, rows_old, rows_new in (("query", "query_id", old.queries, new.queries),
+                                          ("corpus", "id", old.corpus, new.corpus)):
+        clash = {row[key] for row in rows_old} & {row[key] for row in rows_new}
+        if clash:
+            raise ValueError(f"{where}: {kind} id(s) already in the folder: {sorted(clash)[:5]} (converted twice?)")
+    return TaskData(queries=old.queries + new.queries, corpus=old.corpus + new.corpus)
+
+
+def check_out_dir(folder: Path, if_exists: str) -> bool:
+    """Whether ``folder`` already holds a dataset; FileExistsError when it does and ``if_exists="error"``."""
+    if if_exists not in ("error", "overwrite", "merge"):
+        raise ValueError(f"if_exists must be 'error', 'overwrite' or 'merge', got {if_exists!r}")
+    has_dataset = (folder / "data").exists() or (folder / "README.md").exists()
+    if has_dataset and if_exists == "error":
+        raise FileExistsError(f"{folder}: already holds a dataset; pass if_exists='overwrite' or 'merge'")
+    return has_dataset
+
+
+def write_dataset_folder(out_dir: str | Path, tasks: dict[str, dict[str, TaskData]], title: str, notes: str = "",
+                          if_exists: IfExists = "error") -> dict[str, dict[str, TaskData]]:
+    """Write ``tasks`` as an RSMEB folder, deciding what happens to a dataset already there.
+
+    Args:
+        if_exists: what to do when ``out_dir`` already holds a dataset (a ``data/`` folder or ``README.md``):
+            ``"error"`` (FileExistsError), ``"overwrite"`` (its ``data/`` and ``README.md`` are deleted first) or
+            ``"merge"`` (splits of tasks already there get the new rows appended, ids must not clash; the card
+            lists every task in the folder).
+
+    Returns:
+        the tasks as written (merged ones included).
+    """
+    from rsmeb_eval.card import dataset_card
+
+    folder = Path(out_dir)
+    has_dataset = check_out_dir(folder, if_exists)
+    if has_dataset and if_exists == "overwrite":
+        shutil.rmtree(folder / "data", ignore_errors=True)
+        (folder / "README.md").unlink(missing_ok=True)
+    if not (has_dataset and if_exists == "merge"):
+        write_dataset(folder, tasks, title=title, notes=notes)
+        return tasks
+    written: dict[str, dict[str, TaskData]] = {}
+    for task in sorted(tasks):  # every clash is found before anything is written
+        for split, data in tasks[task].items():
+            old = _existing(folder, task, split)
+            merged = data if old is None else _merge(old, data, f"{folder}: {task}/{split}")
+            written.setdefault(task, {})[split] = merged
+    for task in sorted(written):
+        write_task(folder, task, written[task])
+    entries = sorted((path.parent.name, path.stem, path.relative_to(folder).as_posix())
+                     for path in (folder / "data").glob("*/*.parquet"))
+    names = sorted({config for config, _, _ in entries if not config.endswith(CORPUS_SUFFIX)})
+    (folder / "README.md").write_text(dataset_card(names, configs_yaml(entries), title, notes), encoding="utf-8")
+    return written
+
+
+# ------------------------------------------------------------------------------------------ public sources

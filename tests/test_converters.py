@@ -323,3 +323,23 @@ def test_train_data_cli_converts_geochat(tmp_path):
                  "--out", str(tmp_path / "data")]) == 0
     datasets, prompts = training_datasets(tmp_path / "data")
     assert sum(len(d) for d in datasets.values()) > 0 and set(prompts) == set(datasets)
+
+
+def test_benchmark_and_training_builds_of_a_source_are_one_path(tmp_path, capsys):
+    """`vlm2geovec rsmeb build --source` and `convert_public` write the same folder (one builder, one writer)."""
+    from vlm2geovec.cli import main
+
+    raw = write_dior_rsvg(tmp_path / "raw")
+    assert main(["rsmeb", "build", "--source", "dior-rsvg", "--raw", str(raw), "--out", str(tmp_path / "bench")]) == 0
+    trained = convert_public("dior-rsvg", raw, tmp_path / "train")
+    bench_files = sorted(p.relative_to(tmp_path / "bench") for p in (tmp_path / "bench" / "data").rglob("*.parquet"))
+    assert bench_files == sorted(p.relative_to(tmp_path / "train") for p in (tmp_path / "train" / "data").rglob("*.parquet"))
+    for path in bench_files:
+        assert pq.read_table(tmp_path / "bench" / path).equals(pq.read_table(tmp_path / "train" / path)), path
+    card = (tmp_path / "bench" / "README.md").read_text()
+    assert "licence of the originals" in card and "RSMEB — dior-rsvg" in card
+    with pytest.raises(SystemExit, match="already holds a dataset"):
+        main(["rsmeb", "build", "--source", "dior-rsvg", "--raw", str(raw), "--out", str(tmp_path / "bench")])
+    assert main(["rsmeb", "build", "--source", "dior-rsvg", "--raw", str(raw), "--out", str(tmp_path / "bench"),
+                 "--if-exists", "overwrite"]) == 0
+    assert len(trained.tasks) >= 2

@@ -2,8 +2,8 @@
 ``vlm2geovec train --data FOLDER``) read.
 
 * `convert_public`: any source of `rsmeb_eval.builders.SOURCES` (scene folders, Karpathy captions, DIOR-RSVG,
-  RSVQA, composed triplets, geo tiles). It is `build_source` + `write_dataset`: the same parsers and builders as
-  the benchmark, so there is one reader per format. Both splits are written; training reads ``train``.
+  RSVQA, composed triplets, geo tiles). It is `rsmeb_eval.builders.build_source_folder`, as for the benchmark
+  (`vlm2geovec rsmeb build --source`): the same parsers and builders, so there is one reader per format. Both splits are written; training reads ``train``.
 * `convert_geochat`: GeoChat-Instruct (training data only, everything lands in ``train``), parsed by
   `rsmeb_eval.formats.geochat`, reshaped into registered task shapes (`GEOCHAT_TASKS`):
 
@@ -44,21 +44,19 @@ import hashlib
 import logging
 import random
 import re
-import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from rsmeb_eval.builders.public import SOURCES, build_source, draw_candidates
-from rsmeb_eval.dataset_io import CORPUS_SUFFIX, TaskData, configs_yaml, write_dataset, write_task
+from rsmeb_eval.builders.public import build_source_folder, draw_candidates
+from rsmeb_eval.dataset_io import IfExists, TaskData, check_out_dir, write_dataset_folder
 from rsmeb_eval.formats.geochat import GEOCHAT_KINDS, GeoChatSample, parse_geochat_instruct
 from rsmeb_eval.formats.report import OnError, ParseReport, check_on_error
 
 logger = logging.getLogger("vlm2geovec_train.converters")
 
-IfExists = Literal["error", "overwrite", "merge"]
 SPLIT = "train"
 ID_PREFIX = "geochat/"
 
@@ -106,79 +104,6 @@ class ConversionResult:
                 for split, data in splits.items()}
 
 
-# --------------------------------------------------------------------------------------------- writing
-
-
-def _existing(folder: Path, task: str, split: str) -> TaskData | None:
-    import pyarrow.parquet as pq
-
-    queries = folder / "data" / task / f"{split}.parquet"
-    corpus = folder / "data" / (task + CORPUS_SUFFIX) / f"{split}.parquet"
-    if not queries.is_file():
-        return None
-    return TaskData(queries=pq.read_table(queries).to_pylist(), corpus=pq.read_table(corpus).to_pylist())
-
-
-def _merge(old: TaskData, new: TaskData, where: str) -> TaskData:
-    for kind, key, rows_old, rows_new in (("query", "query_id", old.queries, new.queries),
-                                          ("corpus", "id", old.corpus, new.corpus)):
-        clash = {row[key] for row in rows_old} & {row[key] for row in rows_new}
-        if clash:
-            raise ValueError(f"{where}: {kind} id(s) already in the folder: {sorted(clash)[:5]} (converted twice?)")
-    return TaskData(queries=old.queries + new.queries, corpus=old.corpus + new.corpus)
-
-
-def _check_out_dir(folder: Path, if_exists: str) -> bool:
-    """Whether ``folder`` already holds a dataset; FileExistsError when it does and ``if_exists="error"``."""
-    if if_exists not in ("error", "overwrite", "merge"):
-        raise ValueError(f"if_exists must be 'error', 'overwrite' or 'merge', got {if_exists!r}")
-    has_dataset = (folder / "data").exists() or (folder / "README.md").exists()
-    if has_dataset and if_exists == "error":
-        raise FileExistsError(f"{folder}: already holds a dataset; pass if_exists='overwrite' or 'merge'")
-    return has_dataset
-
-
-def write_training_folder(out_dir: str | Path, tasks: dict[str, dict[str, TaskData]], title: str, notes: str = "",
-                          if_exists: IfExists = "error") -> dict[str, dict[str, TaskData]]:
-    """Write ``tasks`` as an RSMEB folder.
-
-    Args:
-        if_exists: what to do when ``out_dir`` already holds a dataset (a ``data/`` folder or ``README.md``):
-            ``"error"`` (FileExistsError), ``"overwrite"`` (its ``data/`` and ``README.md`` are deleted first) or
-            ``"merge"`` (splits of tasks already there get the new rows appended, ids must not clash; the card
-            lists every task in the folder).
-
-    Returns:
-        the tasks as written (merged ones included).
-    """
-    folder = Path(out_dir)
-    has_dataset = _check_out_dir(folder, if_exists)
-    if has_dataset and if_exists == "overwrite":
-        shutil.rmtree(folder / "data", ignore_errors=True)
-        (folder / "README.md").unlink(missing_ok=True)
-    if not (has_dataset and if_exists == "merge"):
-        write_dataset(folder, tasks, title=title, notes=notes)
-        return tasks
-    from rsmeb_eval.card import dataset_card
-
-    written: dict[str, dict[str, TaskData]] = {}
-    for task in sorted(tasks):  # every clash is found before anything is written
-        for split, data in tasks[task].items():
-            old = _existing(folder, task, split)
-            merged = data if old is None else _merge(old, data, f"{folder}: {task}/{split}")
-            written.setdefault(task, {})[split] = merged
-    for task in sorted(written):
-        write_task(folder, task, written[task])
-    entries = sorted((path.parent.name, path.stem, path.relative_to(folder).as_posix())
-                     for path in (folder / "data").glob("*/*.parquet"))
-    names = sorted({config for config, _, _ in entries if not config.endswith(CORPUS_SUFFIX)})
-    (folder / "README.md").write_text(dataset_card(names, configs_yaml(entries), title, notes), encoding="utf-8")
-    return written
-
-
-# ------------------------------------------------------------------------------------------ public sources
-
-
 def convert_public(source: str, raw: str | Path, out_dir: str | Path, on_error: OnError = "raise", seed: int = 0,
                    *, if_exists: IfExists = "error") -> ConversionResult:
     """Build one public source's tasks (`rsmeb_eval.builders.build_source`) and write them to ``out_dir``.
@@ -189,24 +114,17 @@ def convert_public(source: str, raw: str | Path, out_dir: str | Path, on_error: 
         on_error (`"raise"` or `"skip"`): bad rows raise ``ValueError("<file>:<row>: <reason>")`` or are skipped and
             listed in ``result.report``.
         seed: seeds the candidate draws (never the splits).
-        if_exists: see `write_training_folder`.
+        if_exists: see `rsmeb_eval.dataset_io.write_dataset_folder`.
 
     Example:
         >>> result = convert_public("dior-rsvg", "DIOR-RSVG", "data/train-mix", on_error="skip")  # doctest: +SKIP
         >>> result = convert_public("rsvqa-lr", "RSVQA_LR", "data/train-mix", if_exists="merge")  # doctest: +SKIP
         >>> # vlm2geovec train --data data/train-mix
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; known: {sorted(SOURCES)}")
-    check_on_error(on_error)
-    _check_out_dir(Path(out_dir), if_exists)  # before a long parse
-    built = build_source(source, raw, on_error=on_error, seed=seed)
+    built, tasks = build_source_folder(source, raw, out_dir, on_error=on_error, seed=seed, if_exists=if_exists,
+                                       title=f"RSMEB training data: {source}")
     if not any(SPLIT in splits for splits in built.tasks.values()):
         logger.warning("%s: no %s split built; the folder holds nothing to train on", source, SPLIT)
-    notes = (f"Built from the `{source}` release ({SOURCES[source].download}); licence of the originals: "
-             f"{SOURCES[source].license}.\n")
-    tasks = write_training_folder(out_dir, built.tasks, title=f"RSMEB training data: {source}", notes=notes,
-                                  if_exists=if_exists)
     converted = {f"{task}/{split}": len(data.queries) for task, splits in built.tasks.items()
                  for split, data in splits.items()}
     return ConversionResult(Path(out_dir), tasks, built.report, converted=converted, skipped=dict(built.skipped))
@@ -453,7 +371,7 @@ def convert_geochat(json_path: str | Path, image_dir: str | Path, out_dir: str |
         seed: seeds the candidate draws.
         task_names (*optional*): overrides of `GEOCHAT_TASKS` (shape -> registered task with the same
             modalities; None leaves the shape out).
-        if_exists: see `write_training_folder` (``"merge"`` adds GeoChat rows to e.g. a DIOR-RSVG folder: ids
+        if_exists: see `rsmeb_eval.dataset_io.write_dataset_folder` (``"merge"`` adds GeoChat rows to e.g. a DIOR-RSVG folder: ids
             are prefixed ``geochat/``).
         check_images: decode every image (catches truncated files) rather than read headers only.
 
@@ -464,7 +382,7 @@ def convert_geochat(json_path: str | Path, image_dir: str | Path, out_dir: str |
         >>> # vlm2geovec train --data data/geochat
     """
     check_on_error(on_error)
-    _check_out_dir(Path(out_dir), if_exists)  # before a long parse
+    check_out_dir(Path(out_dir), if_exists)  # before a long parse
     names = _check_task_names(task_names)
     samples, report = parse_geochat_instruct(json_path, image_dir, on_error=on_error, check_images=check_images)
     result = geochat_tasks(samples, seed=seed, task_names=names)
@@ -476,7 +394,7 @@ def convert_geochat(json_path: str | Path, image_dir: str | Path, out_dir: str |
     notes = ("GeoChat-Instruct (https://huggingface.co/datasets/MBZUAI/GeoChat_Instruct; Kuckreja et al., CVPR "
              f"2024) reshaped for contrastive training, train split only. Stored under registered task names: "
              f"{mapping}.\n")
-    result.tasks = write_training_folder(out_dir, result.tasks, title="Training data: GeoChat-Instruct",
+    result.tasks = write_dataset_folder(out_dir, result.tasks, title="Training data: GeoChat-Instruct",
                                          notes=notes, if_exists=if_exists)
     result.out_dir = Path(out_dir)
     result.report = report

@@ -6,10 +6,11 @@ from rsmeb_eval.builders.public import (
     BuildResult,
     SourceInfo,
     build_source,
+    build_source_folder,
     class_words,
     draw_candidates,
     hash_split,
 )
 
-__all__ = ["RAW_LAYOUTS", "SOURCES", "BuildResult", "SourceInfo", "build_source", "class_words",
+__all__ = ["RAW_LAYOUTS", "SOURCES", "BuildResult", "SourceInfo", "build_source", "build_source_folder", "class_words",
            "draw_candidates", "hash_split"]

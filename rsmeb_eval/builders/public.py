@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rsmeb_eval.dataset_io import TaskData
+from rsmeb_eval.dataset_io import IfExists, TaskData, check_out_dir, write_dataset_folder
 from rsmeb_eval.formats import (
     ParseReport,
     parse_composed,
@@ -572,3 +572,20 @@ def build_source(source: str, raw: str | Path, on_error: OnError = "raise", seed
     unexpected = set(tasks) - set(info.tasks)
     assert not unexpected, f"{source} built undeclared tasks {unexpected}"
     return BuildResult(tasks=tasks, report=report, skipped=skipped)
+
+
+def build_source_folder(source: str, raw: str | Path, out_dir: str | Path, *, on_error: OnError = "raise",
+                        seed: int = 0, if_exists: IfExists = "error", title: str | None = None):
+    """`build_source` written to an RSMEB folder (with the source's licence in the card): what both
+    `vlm2geovec rsmeb build --source` and the training converters run. Returns ``(BuildResult, tasks as
+    written)`` — merged ones included with ``if_exists="merge"`` (see `write_dataset_folder`)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; known: {sorted(SOURCES)}")
+    check_on_error(on_error)
+    check_out_dir(Path(out_dir), if_exists)  # before a long parse
+    built = build_source(source, raw, on_error=on_error, seed=seed)
+    notes = (f"Built from the `{source}` release ({SOURCES[source].download}); licence of the originals: "
+             f"{SOURCES[source].license}.\n")
+    written = write_dataset_folder(out_dir, built.tasks, title=title or f"RSMEB — {source}", notes=notes,
+                                   if_exists=if_exists)
+    return built, written
