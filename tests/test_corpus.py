@@ -295,3 +295,32 @@ def test_a_bad_record_is_named_and_finished_chunks_are_kept(model, corpus_jsonl,
     with pytest.raises(ValueError, match="bad.jsonl: record id 'north-of-the-pole'.*latitude"):
         build_corpus_index(model, source, tmp_path / "index", chunk_size=3, show_progress_bar=False)
     assert sorted(p.name for p in (tmp_path / "index" / "parts").glob("chunk-*")) == ["chunk-000000.npz"]
+
+
+def test_cli_search_batches_and_regions(nano_dir, corpus_jsonl, tmp_path, capsys):
+    out = tmp_path / "index"
+    main(["index", "build", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(out), "--quiet"])
+    capsys.readouterr()
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("\n".join(json.dumps(q) for q in ["a harbour with container ships", {"image": "tile3.png"},
+                                                           {"coords": [45.5, -73.6], "text": "farmland near a river"}]))
+    (tmp_path / "tile3.png").symlink_to(corpus_jsonl.parent / "tile3.png")
+    assert main(["search", "--index", str(out), "--queries", str(queries), "-k", "2", "--json"]) == 0
+    batch = json.loads(capsys.readouterr().out)
+    assert [hits[0]["id"] for hits in batch] == [5, "tile-3", 6] and all(len(hits) == 2 for hits in batch)
+    # only tiles 0 and 1 (lat 10, 11; lon 20, 19) lie in the region: fewer hits than k, all inside
+    assert main(["search", "--index", str(out), "--query", "a harbour", "-k", "3", "--region", "9,16,11.5,21",
+                 "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert sorted(h["id"] for h in hits) == ["tile-0", "tile-1"]
+    with pytest.raises(SystemExit, match="no indexed vector has coordinates inside the region"):
+        main(["search", "--index", str(out), "--query", "x", "--region", "-60,0,-50,10"])  # negative first value
+    assert main(["search", "--index", str(out), "--coords", "-33.86,151.21", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["rank"] == 1
+    with pytest.raises(SystemExit, match="--region needs 4 numbers"):
+        main(["search", "--index", str(out), "--query", "x", "--region", "1,2"])
+    with pytest.raises(SystemExit, match="do not combine it with a single query"):
+        main(["search", "--index", str(out), "--query", "x", "--queries", str(queries)])
+    queries.write_text(json.dumps({"coords": [95, 0]}) + "\n")
+    with pytest.raises(SystemExit, match="queries.jsonl: query 1"):
+        main(["search", "--index", str(out), "--queries", str(queries)])

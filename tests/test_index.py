@@ -185,3 +185,55 @@ def test_export_parquet_round_trip(tmp_path, kind):
     assert [r["id"] for r in rows] == [m["id"] for m in meta] and rows[3]["window"] == [3, 0, 35, 32]
     assert rows[0]["window"] is None and rows[7]["lat"] == pytest.approx(-44.93) and rows[7]["source"] == "scene_1.tif"
     assert json.loads(rows[5]["extra"]) == {"label": "harbour"} and rows[6]["extra"] is None
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+def test_search_restricted_to_a_region_is_exact_within_it(kind):
+    vectors, queries = unit(3000, 32, 5), unit(6, 32, 6)
+    meta = [{"id": i, "lat": float(lat), "lon": float(lon)} for i, (lat, lon) in enumerate(
+        zip(np.linspace(-80, 80, 3000), np.linspace(-179, 179, 3000)[::-1]))]
+    meta[7] = {"id": 7}  # no coordinates: never inside a region
+    params = {"nlist": 8, "nprobe": 8} if kind == "ivf" else {}  # IVF probing every list: exact
+    index = VectorIndex.build(vectors, meta, kind=kind, **params)
+    inside = index.ids_within(south=-10, west=-50, north=30, east=60)
+    expected_inside = [i for i, m in enumerate(meta) if "lat" in m and -10 <= m["lat"] <= 30 and -50 <= m["lon"] <= 60]
+    assert inside.tolist() == expected_inside and 7 not in inside and 0 < len(inside) < 1000
+    scores, ids, metas = index.search(queries, 10, allowed_ids=inside)
+    ref_scores, ref_local = brute_force(vectors[inside], queries, 10)
+    np.testing.assert_array_equal(ids, inside[ref_local])
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert all(-10 <= m["lat"] <= 30 for row in metas for m in row)
+    few = index.search(queries[:1], 5, allowed_ids=inside[:3])  # fewer allowed ids than k
+    assert sorted(few[1][0][:3].tolist()) == inside[:3].tolist() and few[1][0][3:].tolist() == [-1, -1]
+    assert np.isneginf(few[0][0][3:]).all() and few[2][0][3:] == [None, None]
+
+
+def test_region_crossing_the_antimeridian_and_bad_regions():
+    meta = [{"lat": 0.0, "lon": lon} for lon in (-179.5, -10.0, 0.0, 170.0, 179.9)]
+    index = VectorIndex.build(unit(5, 8), meta, kind="exact")
+    assert index.ids_within(-1, 160, 1, -170).tolist() == [0, 3, 4]
+    assert index.ids_within(-1, -20, 1, 5).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="south \\(5\\) is north of its north \\(1\\)"):
+        index.ids_within(5, 0, 1, 10)
+    with pytest.raises(ValueError, match="region west must be a number in \\[-180, 180\\]"):
+        index.ids_within(0, -190, 1, 10)
+    with pytest.raises(ValueError, match="allowed_ids is empty"):
+        index.search(unit(1, 8), 2, allowed_ids=[])
+    with pytest.raises(ValueError, match="allowed_ids must be vector ids in 0..4"):
+        index.search(unit(1, 8), 2, allowed_ids=[2, 9])
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_large_restrictions_go_through_the_faiss_selector(monkeypatch, kind):
+    import vlm2geovec.index as index_module
+
+    monkeypatch.setattr(index_module, "EXACT_SUBSET_BELOW", 0)  # force the selector path
+    vectors, queries = unit(3000, 32, 8), unit(20, 32, 9)
+    params = {"nlist": 8, "nprobe": 8} if kind == "ivf" else {"ef_search": 256}
+    index = VectorIndex.build(vectors, None, kind=kind, **params)
+    allowed = np.arange(0, 3000, 3)
+    _, ids, _ = index.search(queries, 10, allowed_ids=allowed)
+    assert (ids % 3 == 0).all() and (ids >= 0).all()
+    _, ref_local = brute_force(vectors[allowed], queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ids.tolist(), allowed[ref_local].tolist())])
+    assert recall == 1.0 if kind == "ivf" else recall >= 0.95

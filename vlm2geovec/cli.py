@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -215,8 +216,9 @@ def _cmd_index_export(args: argparse.Namespace) -> int:
 
 
 def search_query_item(text: str | None = None, image: str | None = None, bbox: Sequence[float] | None = None,
-                      coords: Sequence[float] | None = None, item: str | None = None) -> Any:
-    """The query item of `vlm2geovec search`: a JSON item (``--item``, or ``@file.json``), or the given parts."""
+                      coords: Sequence[float] | None = None, item: str | None = None, allow_none: bool = False) -> Any:
+    """The query item of `vlm2geovec search`: a JSON item (``--item``, or ``@file.json``), or the given parts
+    (None when nothing is given and `allow_none`)."""
     if item is not None:
         if any(v is not None for v in (text, image, bbox, coords)):
             raise ValueError("--item is a whole query: do not combine it with --query, --image, --bbox or --coords")
@@ -230,25 +232,39 @@ def search_query_item(text: str | None = None, image: str | None = None, bbox: S
     parts = {"image": image, "bbox": list(bbox) if bbox else None,
              "coords": list(coords) if coords else None, "text": text}
     parts = {k: v for k, v in parts.items() if v is not None}
+    if not parts and allow_none:
+        return None
     if not parts:
-        raise ValueError("give a query: --query TEXT, --image PATH [--bbox x1,y1,x2,y2], --coords LAT,LON or --item JSON")
+        raise ValueError("give a query: --query TEXT, --image PATH [--bbox x1,y1,x2,y2], --coords LAT,LON, --item JSON "
+                         "or --queries FILE.jsonl")
     return parts["text"] if list(parts) == ["text"] else parts
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from vlm2geovec import load_model
+    from vlm2geovec.corpus import read_items_jsonl
     from vlm2geovec.index import VectorIndex, model_fingerprint
     from processing_vlm2geovec import normalize_item
 
     try:
         index = VectorIndex.load(args.index)
-        item = search_query_item(args.query, args.image, _parse_numbers(args.bbox, "--bbox", count=4),
-                                 _parse_numbers(args.coords, "--coords", count=2), args.item)
-        normalize_item(item, "query")
+        single = search_query_item(args.query, args.image, _parse_numbers(args.bbox, "--bbox", count=4),
+                                   _parse_numbers(args.coords, "--coords", count=2), args.item,
+                                   allow_none=args.queries is not None)
+        if single is not None and args.queries is not None:
+            raise ValueError("--queries FILE is a batch of queries: do not combine it with a single query")
+        items = [single] if single is not None else read_items_jsonl(args.queries)
+        for n, item in enumerate(items):
+            normalize_item(item, "query" if single is not None else f"{args.queries}: query {n + 1}")
         if args.ef_search is not None:
             index.set_search_params(ef_search=args.ef_search)
         if args.nprobe is not None:
             index.set_search_params(nprobe=args.nprobe)
+        allowed = None
+        if args.region is not None:
+            allowed = index.ids_within(*_parse_numbers(args.region, "--region", count=4))
+            if len(allowed) == 0:
+                raise ValueError(f"no indexed vector has coordinates inside the region {args.region} (S,W,N,E)")
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}")
     model_path = args.model or index.build_info.get("model")
@@ -258,21 +274,25 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if index.fingerprint and model_fingerprint(model) != index.fingerprint:
         raise SystemExit(f"error: {model_path} is not the model this index was built with (weights fingerprint "
                          f"differs): its vectors would not be comparable")
-    vector = model.encode([item], prompt=args.instruction, convert_to_numpy=True, normalize_embeddings=True,
-                          show_progress_bar=False)
+    vectors = model.encode(items, prompt=args.instruction, convert_to_numpy=True, normalize_embeddings=True,
+                           show_progress_bar=len(items) > 1 and not args.json)
     try:
-        scores, ids, metas = index.search(vector, min(args.k, len(index)))
+        scores, ids, metas = index.search(vectors, min(args.k, len(index)), allowed_ids=allowed)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
-    hits = [{"rank": r + 1, "score": round(float(s), 6), "position": int(i), **(m or {})}
-            for r, (s, i, m) in enumerate(zip(scores[0], ids[0], metas[0])) if i >= 0]
+    results = [[{"rank": r + 1, "score": round(float(s), 6), "position": int(i), **(m or {})}
+                for r, (s, i, m) in enumerate(zip(row_scores, row_ids, row_metas)) if i >= 0]
+               for row_scores, row_ids, row_metas in zip(scores, ids, metas)]
     if args.json:
-        print(json.dumps(hits, ensure_ascii=False, indent=2))
+        print(json.dumps(results[0] if single is not None else results, ensure_ascii=False, indent=2))
         return 0
-    for hit in hits:
-        where = f"  lat {hit['lat']:.5f} lon {hit['lon']:.5f}" if "lat" in hit and "lon" in hit else ""
-        window = f"  window {hit['window']}" if hit.get("window") else ""
-        print(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit.get('id', hit['position'])}{where}{window}")
+    for n, hits in enumerate(results):
+        if single is None:
+            print(f"query {n + 1}")
+        for hit in hits:
+            where = f"  lat {hit['lat']:.5f} lon {hit['lon']:.5f}" if "lat" in hit and "lon" in hit else ""
+            window = f"  window {hit['window']}" if hit.get("window") else ""
+            print(f"{hit['rank']:>3}  {hit['score']:.4f}  {hit.get('id', hit['position'])}{where}{window}")
     return 0
 
 
@@ -470,6 +490,9 @@ def _add_index_parsers(sub) -> None:
     search.add_argument("--bbox", default=None, help="x1,y1,x2,y2 in pixels of --image")
     search.add_argument("--coords", default=None, help="LAT,LON in degrees")
     search.add_argument("--item", default=None, help="a whole JSON item, or @file.json")
+    search.add_argument("--queries", default=None, help="a JSONL file of queries (one item per line): a batch")
+    search.add_argument("--region", default=None,
+                        help="S,W,N,E in degrees: only vectors whose lat/lon lie inside (west > east crosses 180°)")
     search.add_argument("-k", type=int, default=10, help="results (default 10)")
     search.add_argument("--instruction", default=None, help="query instruction (prompt)")
     search.add_argument("--model", default=None, help="default: the model named in the index")
@@ -480,8 +503,28 @@ def _add_index_parsers(sub) -> None:
     search.set_defaults(func=_cmd_search)
 
 
+NUMBER_LIST_OPTIONS = ("--coords", "--bbox", "--region", "--scale")
+_NUMBER_LIST = re.compile(r"^-\d[\d.eE+-]*(,-?[\d.eE+-]+)*$")
+
+
+def _join_negative_number_lists(argv: Sequence[str]) -> list[str]:
+    """``--coords -33.86,151.21`` -> ``--coords=-33.86,151.21``: argparse would read the value as an option."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        if args[i] in NUMBER_LIST_OPTIONS and i + 1 < len(args) and _NUMBER_LIST.match(args[i + 1]):
+            out.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+        else:
+            out.append(args[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(_join_negative_number_lists(argv))
     return args.func(args)
 
 
