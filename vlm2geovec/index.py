@@ -139,6 +139,7 @@ class VectorIndex:
         self.params = params
         self.fingerprint = fingerprint
         self.build_info = build_info or {}  # how the vectors were made: model, source, instruction (for `search`)
+        self._latlon: tuple[np.ndarray, np.ndarray] | None = None  # metadata coordinates, for region queries
         self._apply_search_params()
 
     @property
@@ -283,14 +284,20 @@ class VectorIndex:
                 raise ValueError(f"region {name} must be a number in [{low}, {high}]; got {value!r}")
         if south > north:
             raise ValueError(f"region south ({south}) is north of its north ({north})")
-        inside = []
-        for i, meta in enumerate(self.metadata):
-            lat, lon = meta.get("lat"), meta.get("lon")
-            if lat is None or lon is None or not south <= lat <= north:
-                continue
-            if (west <= lon <= east) if west <= east else (lon >= west or lon <= east):
-                inside.append(i)
-        return np.asarray(inside, dtype=np.int64)
+        lat, lon = self._coordinates()
+        with np.errstate(invalid="ignore"):  # NaN (no coordinates) compares False: never inside
+            inside = (lat >= south) & (lat <= north)
+            inside &= ((lon >= west) & (lon <= east)) if west <= east else ((lon >= west) | (lon <= east))
+        return np.flatnonzero(inside).astype(np.int64)
+
+    def _coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Metadata lat/lon as float arrays (NaN where absent), built once: region queries stay vectorised."""
+        if self._latlon is None or len(self._latlon[0]) != len(self.metadata):
+            lat = np.array([m.get("lat") if m.get("lat") is not None else np.nan for m in self.metadata], dtype=float)
+            lon = np.array([m.get("lon") if m.get("lon") is not None else np.nan for m in self.metadata], dtype=float)
+            lat[np.isnan(lon)] = np.nan
+            self._latlon = (lat, lon)
+        return self._latlon
 
     def vectors(self) -> np.ndarray:
         """All indexed vectors (n, d) float32, in id order (IVF lists are mapped back to ids)."""
