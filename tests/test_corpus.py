@@ -324,3 +324,19 @@ def test_cli_search_batches_and_regions(nano_dir, corpus_jsonl, tmp_path, capsys
     queries.write_text(json.dumps({"coords": [95, 0]}) + "\n")
     with pytest.raises(SystemExit, match="queries.jsonl: query 1"):
         main(["search", "--index", str(out), "--queries", str(queries)])
+
+
+def test_cli_builds_the_index_once_with_the_requested_kind(nano_dir, corpus_jsonl, tmp_path, monkeypatch):
+    kinds = []
+    real_build = VectorIndex.build.__func__
+
+    def counting_build(cls, vectors, metadata=None, kind="auto", **kwargs):
+        kinds.append(kind)
+        return real_build(cls, vectors, metadata, kind=kind, **kwargs)
+
+    monkeypatch.setattr(VectorIndex, "build", classmethod(counting_build))
+    assert main(["index", "build", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(tmp_path / "i"),
+                 "--kind", "hnsw", "--M", "8", "--ef-search", "32", "--quiet"]) == 0
+    assert kinds == ["hnsw"]
+    loaded = VectorIndex.load(tmp_path / "i")
+    assert loaded.kind == "hnsw" and loaded.params["M"] == 8 and loaded.params["ef_search"] == 32

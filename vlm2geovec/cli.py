@@ -142,7 +142,7 @@ def _distributed_barrier() -> bool:
 
 
 def _cmd_index_build(args: argparse.Namespace) -> int:
-    from vlm2geovec.corpus import build_corpus_index, index_from_parts, open_source, parse_shard
+    from vlm2geovec.corpus import embed_chunks, index_from_parts, open_source, parse_shard
 
     params = _index_params(args)
     try:
@@ -161,9 +161,9 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
 
         device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
     model = _load_for_encoding(args, device)
-    try:
-        build_corpus_index(model, source, args.out, shard=shard, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                           instruction=args.instruction, show_progress_bar=not args.quiet)
+    try:  # embed only; the index is built once below (after every shard, under torchrun)
+        embed_chunks(model, source, args.out, shard=shard, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                     instruction=args.instruction, show_progress_bar=not args.quiet)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
     if shard[1] > 1:
