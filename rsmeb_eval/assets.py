@@ -255,11 +255,16 @@ def _extract(dist: _Dist, members: Iterable[str]) -> dict[str, Path]:
     return paths
 
 
-def _atomic_write(path: Path, writer) -> None:
+def atomic_write(path: Path, writer) -> None:
+    """``writer(tmp)`` writes a temporary file beside `path` (same suffix, per-process name), which then replaces
+    `path` in one step: readers and parallel writers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    writer(tmp)
-    os.replace(tmp, path)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -617,7 +622,7 @@ def _s2_arrays(chip: int) -> dict[str, np.ndarray]:
             "labels": labels,
             "lonlat": np.array(centres, dtype=np.float64),
         }
-        _atomic_write(cache, lambda tmp: np.savez(tmp, **arrays))
+        atomic_write(cache, lambda tmp: np.savez(tmp, **arrays))
     for value in arrays.values():
         value.setflags(write=False)
     return arrays
@@ -733,7 +738,7 @@ def _city_rows(filename: str) -> tuple[tuple, ...]:
                 continent_names.get(country.get("continentcode", ""), ""), int(c["geonameid"]),
             ])
         text = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
-        _atomic_write(cache, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(cache, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return tuple(tuple(r) for r in rows)
 
 

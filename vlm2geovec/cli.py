@@ -142,7 +142,7 @@ def _distributed_barrier() -> bool:
 
 
 def _cmd_index_build(args: argparse.Namespace) -> int:
-    from vlm2geovec.corpus import embed_chunks, index_from_parts, open_source, parse_shard
+    from vlm2geovec.corpus import build_corpus_index, index_from_parts, open_source, parse_shard
 
     params = _index_params(args)
     try:
@@ -161,21 +161,18 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
 
         device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
     model = _load_for_encoding(args, device)
-    try:  # embed only; the index is built once below (after every shard, under torchrun)
-        embed_chunks(model, source, args.out, shard=shard, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                     instruction=args.instruction, show_progress_bar=not args.quiet)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}")
-    if shard[1] > 1:
-        if args.shard == "auto" and "MASTER_ADDR" in os.environ:
-            if not _distributed_barrier():
-                return 0
-        else:
-            print(f"embedded shard {shard[0]}/{shard[1]} into {args.out}/parts; when every shard is done: "
-                  f"vlm2geovec index merge --out {args.out}")
-            return 0
     try:
-        index = index_from_parts(args.out, kind=args.kind, build_info={"model": args.model}, **params)
+        index = build_corpus_index(model, source, args.out, kind=args.kind, shard=shard, chunk_size=args.chunk_size,
+                                   batch_size=args.batch_size, instruction=args.instruction, model_name=args.model,
+                                   show_progress_bar=not args.quiet, **params)
+        if index is None:  # one shard of several
+            if args.shard != "auto" or "MASTER_ADDR" not in os.environ:
+                print(f"embedded shard {shard[0]}/{shard[1]} into {args.out}/parts; when every shard is done: "
+                      f"vlm2geovec index merge --out {args.out}")
+                return 0
+            if not _distributed_barrier():  # torchrun/accelerate: rank 0 merges once every rank is done
+                return 0
+            index = index_from_parts(args.out, kind=args.kind, build_info={"model": args.model}, **params)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
     print(f"wrote {index!r} to {args.out}")

@@ -23,13 +23,13 @@ import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from rsmeb_eval.assets import atomic_write
 from vlm2geovec.index import VectorIndex, model_fingerprint, validate_metadata
 
 PARTS_DIR, MANIFEST_FILE = "parts", "manifest.json"
@@ -253,17 +253,6 @@ def _chunk_path(parts: Path, chunk: int) -> Path:
     return parts / f"chunk-{chunk:06d}.npz"
 
 
-def _atomic_save_chunk(path: Path, vectors: np.ndarray, metadata: list[dict]) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, vectors=vectors, metadata=np.array(json.dumps(metadata, ensure_ascii=False)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _check_manifest(parts: Path, manifest: dict) -> None:
     """Write the manifest, or check that an existing one (an earlier or parallel run) describes the same work."""
     path = parts / MANIFEST_FILE
@@ -274,10 +263,14 @@ def _check_manifest(parts: Path, manifest: dict) -> None:
             raise ValueError(f"{parts} holds chunks of different work (differs in {', '.join(diff)}): use another "
                              "--out, or delete that folder to start over")
         return
-    handle, tmp = tempfile.mkstemp(dir=parts, suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
+                                                  encoding="utf-8"))
+
+
+def _read_manifest(parts: Path) -> dict:
+    if not (parts / MANIFEST_FILE).is_file():
+        raise FileNotFoundError(f"{parts} has no {MANIFEST_FILE}: nothing was embedded into {parts.parent} yet")
+    return json.loads((parts / MANIFEST_FILE).read_text(encoding="utf-8"))
 
 
 def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[int, int] | None = None,
@@ -292,13 +285,14 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
     index, count = parse_shard(shard)
     parts = Path(out) / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
-    fingerprint = model_fingerprint(model)
-    _check_manifest(parts, {"source": source.describe(), "chunk_size": chunk_size, "model_fingerprint": fingerprint,
-                            "instruction": instruction, "chunks": chunk_count(source, chunk_size)})
-    mine = [c for c in range(chunk_count(source, chunk_size)) if c % count == index]
+    chunks = chunk_count(source, chunk_size)
+    _check_manifest(parts, {"source": source.describe(), "chunk_size": chunk_size,
+                            "model_fingerprint": model_fingerprint(model), "instruction": instruction, "chunks": chunks})
+    mine = [c for c in range(chunks) if c % count == index]
     todo = [c for c in mine if not _chunk_path(parts, c).is_file()]
     total = sum(min(len(source), (c + 1) * chunk_size) - c * chunk_size for c in todo)
     written = []
+    empty = np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)  # a chunk whose positions were all skipped
     desc = f"embedding shard {index}/{count}" if count > 1 else "embedding"
     with tqdm(total=total, desc=desc, unit="pos", disable=not show_progress_bar) as bar:
         if len(todo) < len(mine):
@@ -307,8 +301,7 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
         for chunk in todo:
             start, stop = chunk * chunk_size, min(len(source), (chunk + 1) * chunk_size)
             records = list(source.read(start, stop))
-            dim = model.get_embedding_dimension()
-            vectors = np.zeros((0, dim), dtype=np.float32)
+            vectors = empty
             if records:
                 try:
                     vectors = model.encode([item for item, _ in records], batch_size=batch_size, prompt=instruction,
@@ -316,7 +309,9 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
                 except (ValueError, TypeError) as error:
                     raise _locate_error(error, records, source) from None
             metadata = validate_metadata([meta for _, meta in records], len(records))
-            _atomic_save_chunk(_chunk_path(parts, chunk), np.asarray(vectors, dtype=np.float32), metadata)
+            vectors = np.asarray(vectors, dtype=np.float32)
+            atomic_write(_chunk_path(parts, chunk), lambda tmp: np.savez(
+                tmp, vectors=vectors, metadata=np.array(json.dumps(metadata, ensure_ascii=False))))
             written.append(chunk)
             bar.update(stop - start)
     return written
@@ -333,19 +328,11 @@ def _locate_error(error: Exception, records: list[Record], source) -> Exception:
     return type(error)(f"{where}{match.group(2)}")
 
 
-def missing_chunks(out: str | os.PathLike) -> list[int]:
-    parts = Path(out) / PARTS_DIR
-    manifest = json.loads((parts / MANIFEST_FILE).read_text(encoding="utf-8"))
-    return [c for c in range(manifest["chunks"]) if not _chunk_path(parts, c).is_file()]
-
-
 def merge_parts(out: str | os.PathLike) -> tuple[np.ndarray, list[dict], dict]:
     """All chunks of ``<out>/parts`` in order: (vectors, metadata, manifest). Fails if any chunk is missing."""
     parts = Path(out) / PARTS_DIR
-    if not (parts / MANIFEST_FILE).is_file():
-        raise FileNotFoundError(f"{parts} has no {MANIFEST_FILE}: nothing was embedded into {out} yet")
-    manifest = json.loads((parts / MANIFEST_FILE).read_text(encoding="utf-8"))
-    missing = missing_chunks(out)
+    manifest = _read_manifest(parts)
+    missing = [c for c in range(manifest["chunks"]) if not _chunk_path(parts, c).is_file()]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise ValueError(f"{out}: {len(missing)} of {manifest['chunks']} chunks are not embedded yet ({shown}); "
@@ -359,7 +346,7 @@ def merge_parts(out: str | os.PathLike) -> tuple[np.ndarray, list[dict], dict]:
 
 
 def index_from_parts(out: str | os.PathLike, kind: str = "auto", build_info: dict | None = None,
-                     keep_parts: bool = True, **params) -> VectorIndex:
+                     **params) -> VectorIndex:
     """Merge ``<out>/parts`` into one `VectorIndex` saved in `out`."""
     vectors, metadata, manifest = merge_parts(out)
     if len(vectors) == 0:
@@ -368,22 +355,17 @@ def index_from_parts(out: str | os.PathLike, kind: str = "auto", build_info: dic
     index = VectorIndex.build(vectors, metadata, kind=kind, fingerprint=manifest["model_fingerprint"],
                               build_info=info, **params)
     index.save(out)
-    if not keep_parts:
-        parts = Path(out) / PARTS_DIR
-        for path in parts.iterdir():
-            path.unlink()
-        parts.rmdir()
     return index
 
 
 def build_corpus_index(model, source, out: str | os.PathLike, *, kind: str = "auto",
                        shard: str | tuple[int, int] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                        batch_size: int = 16, instruction: str | None = None, model_name: str | None = None,
-                       keep_parts: bool = True, show_progress_bar: bool = True, **params) -> VectorIndex | None:
+                       show_progress_bar: bool = True, **params) -> VectorIndex | None:
     """Embed `source` into ``<out>/parts`` and build the index in `out`. With a shard ``i/n`` (n > 1) only that
     shard's chunks are embedded and None is returned: merge with `index_from_parts` once every shard is done."""
     embed_chunks(model, source, out, shard=shard, chunk_size=chunk_size, batch_size=batch_size,
                  instruction=instruction, show_progress_bar=show_progress_bar)
     if parse_shard(shard)[1] > 1:
         return None
-    return index_from_parts(out, kind=kind, build_info={"model": model_name}, keep_parts=keep_parts, **params)
+    return index_from_parts(out, kind=kind, build_info={"model": model_name}, **params)
