@@ -77,9 +77,9 @@ def _as_matrix(vectors: Any, name: str, dim: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(array / norms[:, None], dtype=np.float32)
 
 
-def _check_number(value: Any, key: str, row: int, low: float, high: float) -> None:
+def _check_number(value: Any, name: str, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"metadata[{row}]['{key}'] must be a number in [{low}, {high}]; got {value!r}")
+        raise ValueError(f"{name} must be a number in [{low}, {high}]; got {value!r}")
 
 
 def validate_metadata(metadata: Sequence[dict] | None, count: int) -> list[dict]:
@@ -107,9 +107,9 @@ def validate_metadata(metadata: Sequence[dict] | None, count: int) -> list[dict]
             if not (0 <= x0 < x1 and 0 <= y0 < y1):
                 raise ValueError(f"metadata[{row}]['window'] needs 0 <= x0 < x1 and 0 <= y0 < y1; got {list(window)}")
         if entry.get("lat") is not None:
-            _check_number(entry["lat"], "lat", row, -90, 90)
+            _check_number(entry["lat"], f"metadata[{row}]['lat']", -90, 90)
         if entry.get("lon") is not None:
-            _check_number(entry["lon"], "lon", row, -180, 180)
+            _check_number(entry["lon"], f"metadata[{row}]['lon']", -180, 180)
         try:
             entry = json.loads(json.dumps(entry, allow_nan=False))  # a JSON round trip: tuples -> lists, no aliasing
         except (TypeError, ValueError) as error:
@@ -247,10 +247,7 @@ class VectorIndex:
         return ids
 
     def _subset_search(self, queries: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.kind == "ivf":
-            self.index.make_direct_map()
-        subset = np.stack([self.index.reconstruct(int(i)) for i in ids])
-        sims = queries @ subset.T
+        sims = queries @ self.vectors(ids).T
         top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         scores = np.take_along_axis(sims, top, axis=1)
         found = ids[top]
@@ -279,9 +276,7 @@ class VectorIndex:
         with ``west > east`` crosses the antimeridian). Vectors without coordinates are never inside."""
         for name, value, low, high in (("south", south, -90, 90), ("north", north, -90, 90),
                                        ("west", west, -180, 180), ("east", east, -180, 180)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not low <= value <= high:
-                raise ValueError(f"region {name} must be a number in [{low}, {high}]; got {value!r}")
+            _check_number(value, f"region {name}", low, high)
         if south > north:
             raise ValueError(f"region south ({south}) is north of its north ({north})")
         lat, lon = self._coordinates()
@@ -299,11 +294,13 @@ class VectorIndex:
             self._latlon = (lat, lon)
         return self._latlon
 
-    def vectors(self) -> np.ndarray:
-        """All indexed vectors (n, d) float32, in id order (IVF lists are mapped back to ids)."""
+    def vectors(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """The indexed vectors (n, d) float32 in id order, or those of `ids` (IVF lists are mapped back to ids)."""
         if self.kind == "ivf":
             self.index.make_direct_map()
-        return self.index.reconstruct_n(0, len(self))
+        if ids is None:
+            return self.index.reconstruct_n(0, len(self))
+        return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
 
     def export_parquet(self, path: str | Path, batch_rows: int = 65_536) -> Path:
         """Write one row per vector — ``row`` (the index id), ``vector`` (float32 list), the validated metadata
