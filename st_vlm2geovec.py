@@ -170,12 +170,15 @@ class _Prefetcher:
         self.hits = 0  # batches served from the look-ahead (for tests and benchmarks)
 
     def __enter__(self):
-        if self.embedder.preprocess_backend == "process":
-            self.executor: Executor = self.embedder._process_pool.get(self.embedder.processor, self.workers)
-            self.preprocess = _preprocess_in_process
-        else:
-            self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vlm2geovec-preprocess")
+        # the process pool outlives this call (its workers take seconds to start); a thread pool is ours to close
+        self.owns_executor = self.embedder.preprocess_backend != "process"
+        if self.owns_executor:
+            self.executor: Executor = ThreadPoolExecutor(max_workers=self.workers,
+                                                         thread_name_prefix="vlm2geovec-preprocess")
             self.preprocess = self._preprocess_in_thread
+        else:
+            self.executor = self.embedder._process_pool.get(self.embedder.processor, self.workers)
+            self.preprocess = _preprocess_in_process
         for _ in range(2 * self.workers):  # bounded look-ahead keeps memory flat
             self._submit()
         self.embedder._prefetcher = self
@@ -185,7 +188,7 @@ class _Prefetcher:
         self.embedder._prefetcher = None
         for _, future in self.pending:
             future.cancel()
-        if self.embedder.preprocess_backend != "process":  # the process pool lives on for the next call
+        if self.owns_executor:
             self.executor.shutdown(wait=True)
         return False
 
@@ -208,7 +211,7 @@ class _Prefetcher:
         self.pending.popleft()
         self._submit()
         self.hits += 1
-        return dict(future.result())
+        return future.result()
 
 
 class VLM2GeoVecEmbedder(InputModule):
@@ -290,11 +293,9 @@ class VLM2GeoVecEmbedder(InputModule):
             model.encode = _CheckedEncode(model, self)
 
     def preprocess(self, inputs: list[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
-        if self._prefetcher is not None:
-            prefetched = self._prefetcher.take(inputs, prompt or None)
-            if prefetched is not None:
-                return prefetched
-        features = dict(self.processor(items=list(inputs), instruction=prompt or None))
+        features = self._prefetcher.take(inputs, prompt or None) if self._prefetcher is not None else None
+        if features is None:
+            features = dict(self.processor(items=list(inputs), instruction=prompt or None))
         if "image_grid_thw" in features:
             # Lets sentence-transformers' GradCache slice pixel_values per sample (rows may hold 0..n images).
             vision_start = self.model.config.vision_start_token_id
