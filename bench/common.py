@@ -8,11 +8,12 @@ from typing import Callable
 
 
 def write_outputs(record: dict, json_path: str | None, results_md: str | None, quick: bool,
-                  append: Callable[[dict, Path], None]) -> dict:
+                  md_lines: Callable[[dict], list[str]]) -> dict:
     print(json.dumps(record, indent=2))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
     if results_md and not quick:  # quick runs (CI) never touch the recorded results
-        append(record, Path(results_md))
+        with open(results_md, "a", encoding="utf-8") as handle:
+            handle.writelines(md_lines(record))
     return record

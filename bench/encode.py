@@ -229,7 +229,8 @@ def environment(device: str) -> dict:
     return info
 
 
-def append_results_md(record: dict, path: Path) -> None:
+def results_md_lines(record: dict) -> list[str]:
+    """The RESULTS.md block of one run."""
     env = record["environment"]
     where = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
     lines = [
@@ -260,8 +261,7 @@ def append_results_md(record: dict, path: Path) -> None:
         lines.append(f"Preprocessing alone, {scaling['workers']} workers: serial {scaling['serial_s']} s, threads "
                      f"{scaling['threads_s']} s (x{scaling['thread_speedup']}), processes {scaling['processes_s']} s "
                      f"(x{scaling['process_speedup']}).\n")
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.writelines(lines)
+    return lines
 
 
 def main(argv=None) -> dict:
@@ -317,7 +317,7 @@ def main(argv=None) -> dict:
         },
         **extra,
     }
-    return write_outputs(record, args.json, args.results_md, args.quick, append_results_md)
+    return write_outputs(record, args.json, args.results_md, args.quick, results_md_lines)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def environment() -> dict:
     }
 
 
-def append_results_md(record: dict, path: Path) -> None:
+def results_md_lines(record: dict) -> list[str]:
+    """The RESULTS.md block of one run."""
     env = record["environment"]
     lines = [
         f"\n### search — on CPU ({env['faiss_threads']} threads), {env['date']}\n",
@@ -136,8 +137,7 @@ def append_results_md(record: dict, path: Path) -> None:
             f"| {run['data']} | {run['n']} | {run.get('dim', record['dim'])} | {run['kind']} | {params} | {run['build_s']} | {run['ms_per_query']} | "
             f"{run['index_bytes'] / 2**20:.1f} | {run['recall_at_10']} |\n"
         )
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.writelines(lines)
+    return lines
 
 
 def main(argv=None) -> dict:
@@ -199,7 +199,7 @@ def main(argv=None) -> dict:
         "environment": environment(),
         "runs": runs,
     }
-    return write_outputs(record, args.json, args.results_md, args.quick, append_results_md)
+    return write_outputs(record, args.json, args.results_md, args.quick, results_md_lines)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def measure_row(st_model, batch_size: int, name: str, mini_batch_size: int, devi
             "loss_value": value}
 
 
-def append_results_md(record: dict, path: Path) -> None:
+def results_md_lines(record: dict) -> list[str]:
+    """The RESULTS.md block of one run."""
     env = record["environment"]
     lines = [f"\n### train step — {record['model']} on {env.get('gpu') or 'CPU'}, {env['date']}\n",
              f"Forward + backward of the contrastive loss, (image+box+text, caption) pairs, dtype {record['dtype']}, "
@@ -103,8 +104,7 @@ def append_results_md(record: dict, path: Path) -> None:
              "| batch | loss | status | step s | peak extra GiB |\n|---|---|---|---|---|\n"]
     lines += [f"| {r['batch_size']} | {r['loss']} | {r['status']} | {r['step_s']} | {r['peak_extra_gib']} |\n"
               for r in record["rows"]]
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.writelines(lines)
+    return lines
 
 
 def main(argv=None) -> dict:
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
             print(rows[-1], flush=True)
     record = {"benchmark": "train", "model": args.model, "mini_batch_size": args.mini_batch_size,
               "dtype": str(dtype).replace("torch.", ""), "environment": environment(args.device), "rows": rows}
-    return write_outputs(record, args.json, args.results_md, args.quick, append_results_md)
+    return write_outputs(record, args.json, args.results_md, args.quick, results_md_lines)
 
 
 if __name__ == "__main__":
