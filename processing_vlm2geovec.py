@@ -622,9 +622,78 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         """Pixel values for all images of a batch, and the number of pad tokens each image needs."""
         if not images:
             return {}, []
-        image_inputs = dict(self.image_processor(images=self._fit_images(images), return_tensors="pt"))
+        if self._pixel_fast_path_applies(images):
+            image_inputs = self._pixel_values_fast(images)
+        else:
+            image_inputs = dict(self.image_processor(images=self._fit_images(images), return_tensors="pt"))
         merge = self.image_processor.merge_size**2
         return image_inputs, (image_inputs["image_grid_thw"].prod(-1) // merge).tolist()
+
+    def _pixel_fast_path_applies(self, images: list[Image.Image]) -> bool:
+        """Whether `_pixel_values_fast` reproduces the image processor exactly for these settings and images."""
+        ip = self.image_processor
+        return (
+            type(ip) is Qwen2VLImageProcessorPil
+            and ip.do_resize
+            and isinstance(ip.resample, int)
+            and bool(ip.size.get("shortest_edge")) and bool(ip.size.get("longest_edge"))
+            and all(isinstance(image, Image.Image) and image.mode == "RGB" for image in images)
+        )
+
+    def _pixel_lookup_table(self) -> np.ndarray:
+        """(3, 256) float32: what rescale + normalize make of each uint8 value in each channel.
+
+        Computed by the image processor's own rescale/normalize on all 256 values, so looking pixels up in
+        it gives the processor's float32 results bit for bit.
+        """
+        ip = self.image_processor
+        values = np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 1, 256)).copy()  # channels first, like ip
+        table = ip.rescale(values, ip.rescale_factor) if ip.do_rescale else values
+        table = ip.normalize(table, ip.image_mean, ip.image_std) if ip.do_normalize else table
+        return np.ascontiguousarray(np.asarray(table, dtype=np.float32)[:, 0, :])
+
+    def _pixel_values_fast(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Qwen2-VL pixel values, equal bit for bit to ``Qwen2VLImageProcessorPil``'s, in about half its time.
+
+        The processor round-trips every image through numpy and PIL to resize it, then converts it to
+        float64, rescales, normalises and transposes it in separate full-size passes, and finally copies all
+        patches once more into one array. Here each image is resized straight from PIL, cut into patches
+        as uint8, and each value is looked up in `_pixel_lookup_table` while being written once to its
+        place in one preallocated array (the temporal copy Qwen2-VL's 3D patch embedding expects is a
+        broadcast in that write). What is left is PIL's resize and one pass of memory writes; both release
+        the GIL, so look-ahead threads overlap them with the model.
+        """
+        ip = self.image_processor
+        patch, merge, temporal = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+        arrays, grids = [], []
+        for image in images:
+            width, height = image.size
+            new_height, new_width = smart_resize(
+                height, width, factor=patch * merge, min_pixels=ip.size["shortest_edge"],
+                max_pixels=ip.size["longest_edge"],
+            )
+            if (new_width, new_height) != (width, height):
+                image = image.resize((new_width, new_height), resample=ip.resample)
+            arrays.append(np.asarray(image))
+            grids.append((1, new_height // patch, new_width // patch))
+        table = self._pixel_lookup_table()
+        total = sum(grid_h * grid_w for _, grid_h, grid_w in grids)
+        pixel_values = np.empty((total, 3, temporal, patch * patch), dtype=np.float32)
+        start = 0
+        for array, (_, grid_h, grid_w) in zip(arrays, grids):
+            count = grid_h * grid_w
+            # (H, W, C) -> patches in Qwen2-VL's order: merge blocks row-major, then the 2x2 patches inside
+            # each block, each patch channels-first.
+            patches = array.reshape(grid_h // merge, merge, patch, grid_w // merge, merge, patch, 3)
+            patches = patches.transpose(0, 3, 1, 4, 6, 2, 5).reshape(count, 3, patch * patch)
+            for channel in range(3):
+                values = np.take(table[channel], patches[:, channel])
+                pixel_values[start : start + count, channel] = values[:, None, :]  # broadcast over time
+            start += count
+        return {
+            "pixel_values": torch.from_numpy(pixel_values.reshape(total, -1)),
+            "image_grid_thw": torch.tensor(grids, dtype=torch.int64),
+        }
 
     @staticmethod
     def _expand_image_pads(text: str, counts: Sequence[int]) -> str:

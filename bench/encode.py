@@ -12,7 +12,10 @@ Reported, per batching order (length-sorted as our encode does, and arrival orde
 - model time of the floor (`Qwen2VLModel.forward`) and of ours (`VLM2GeoVecModel.forward`: + pooling),
   items/s and real (unpadded) tokens/s, `ratio` = ours / floor throughput;
 - padding fraction, peak device memory;
-- end to end: `SentenceTransformer.encode` wall time, and its ratio to the floor's model time.
+- end to end: `SentenceTransformer.encode` wall time, and its ratio to the floor's model time;
+- pixel values alone: transformers' Qwen2-VL image processor vs our processor's (bit-identical) path.
+`--preprocess-only` skips the model: preprocessing at a model's pixel budget on any machine, e.g.
+    python bench/encode.py --model qwen2vl-2b-random --preprocess-only --device cpu
 Results go to `--json` and are appended to `bench/RESULTS.md`.
 """
 
@@ -79,6 +82,21 @@ def build_workload(n: int, seed: int = 0) -> list:
         else:
             items.append({"coords": (rng.uniform(-60, 70), rng.uniform(-180, 180)), "text": rng.choice(CAPTIONS)})
     return items
+
+
+def load_processor(model_name: str):
+    """The processor `load` would return, without building the model."""
+    from vlm2geovec.checkpoint import build_processor
+
+    if model_name == "nano":
+        from vlm2geovec.checkpoint import NANO_IMAGE_SIZE
+
+        return build_processor(image_size=NANO_IMAGE_SIZE)
+    if model_name == "qwen2vl-2b-random":
+        return build_processor(image_size=QWEN2VL_2B_IMAGE_SIZE)
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model_name, trust_remote_code=True)
 
 
 def load(model_name: str, device: str, dtype: torch.dtype):
@@ -213,6 +231,32 @@ def preprocess_scaling(processor, items, batch_size, workers: int) -> dict:
             "process_speedup": round(serial / processes, 3)}
 
 
+def pixel_path(processor, items, batch_size, repeats) -> dict:
+    """Pixel values alone, batch by batch: transformers' Qwen2-VL PIL image processor vs our processor's path
+    (equal bit for bit, tested). Best of `repeats` passes after one warm-up pass each (first-touch memory)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from processing_vlm2geovec import load_image
+
+    reference = Qwen2VLImageProcessorPil(**processor.image_processor.to_dict())
+    images = [load_image(item["image"]) for item in items if isinstance(item, dict) and "image" in item]
+    batches = [images[s : s + batch_size] for s in range(0, len(images), batch_size)]
+
+    def best(run) -> float:
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for batch in batches:
+                run(batch)
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    transformers_s = best(lambda batch: reference(images=batch, return_tensors="pt"))
+    ours_s = best(processor._process_images)
+    return {"images": len(images), "transformers_s": round(transformers_s, 4), "ours_s": round(ours_s, 4),
+            "speedup": round(transformers_s / ours_s, 2)}
+
+
 def environment(device: str) -> dict:
     import transformers
 
@@ -233,6 +277,16 @@ def results_md_lines(record: dict) -> list[str]:
     """The RESULTS.md block of one run."""
     env = record["environment"]
     where = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
+    if record.get("preprocess_only"):
+        pixels, pre = record["pixel_path"], record["preprocess_s"]
+        return [
+            f"\n### encode, preprocessing only — {record['model']} pixel budget on {where}, {env['date']}\n",
+            f"{record['n_items']} items (mixed), batch {record['batch_size']}; transformers {env['transformers']}.\n\n",
+            f"Processor over all batches (best of passes after a warm-up): length order {pre['length']} s, arrival "
+            f"order {pre['arrival']} s. Pixel values alone ({pixels['images']} images): transformers' "
+            f"`Qwen2VLImageProcessorPil` {pixels['transformers_s']} s, ours {pixels['ours_s']} s "
+            f"(x{pixels['speedup']}, equal bit for bit).\n",
+        ]
     lines = [
         f"\n### encode — {record['model']} on {where}, {env['date']}\n",
         f"{record['n_items']} items (mixed), batch {record['batch_size']}, dtype {record['dtype']}; "
@@ -252,6 +306,10 @@ def results_md_lines(record: dict) -> list[str]:
         f"{e2e['items_per_s']} items/s; floor model time / wall = {e2e['ratio_to_floor']}; "
         f"serial preprocessing / wall ≈ {e2e['preprocess_share']:.0%}.\n"
     )
+    pixels = record.get("pixel_path")
+    if pixels:
+        lines.append(f"Pixel values alone ({pixels['images']} images): transformers' `Qwen2VLImageProcessorPil` "
+                     f"{pixels['transformers_s']} s, ours {pixels['ours_s']} s (x{pixels['speedup']}, equal bit for bit).\n")
     proc = record.get("end_to_end_process")
     if proc:
         lines.append(f"With {proc['preprocess_workers']} look-ahead preprocessing *processes*: {proc['wall_s']} s = "
@@ -277,6 +335,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--process-workers", type=int, default=0,
                         help="also time encode with this many look-ahead preprocessing processes, and preprocessing "
                              "alone serial vs threads vs processes (0: skip)")
+    parser.add_argument("--preprocess-only", action="store_true",
+                        help="no model: time preprocessing at the model's pixel budget (length and arrival batches, "
+                             "and pixel values alone vs transformers' image processor)")
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--results-md", default=str(REPO / "bench" / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -284,13 +345,23 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     n = args.n or (40 if args.quick else 320)
     repeats = 1 if args.quick else args.repeats
-    model, processor = load(args.model, args.device, dtype)
     items = build_workload(n)
+    if args.preprocess_only:
+        processor = load_processor(args.model)
+        preprocess = {}
+        for order in ("length", "arrival"):
+            preprocess[order] = round(min(make_batches(processor, items, args.batch_size, order)[1]
+                                          for _ in range(repeats + 1)), 4)
+        record = {"benchmark": "encode", "preprocess_only": True, "model": args.model, "n_items": n,
+                  "batch_size": args.batch_size, "quick": args.quick, "environment": environment("cpu"),
+                  "preprocess_s": preprocess, "pixel_path": pixel_path(processor, items, args.batch_size, repeats)}
+        return write_outputs(record, args.json, args.results_md, args.quick, results_md_lines)
+    model, processor = load(args.model, args.device, dtype)
     orders = measure(model, processor, items, args.batch_size, args.device, dtype, repeats)
     serial_wall, _ = end_to_end(model, processor, items, args.batch_size, args.device, workers=0)
     wall, workers = end_to_end(model, processor, items, args.batch_size, args.device, workers=args.workers)
     length = orders["length"]
-    extra = {}
+    extra = {"pixel_path": pixel_path(processor, items, args.batch_size, repeats)}
     if args.process_workers:
         proc_wall, proc_workers = end_to_end(model, processor, items, args.batch_size, args.device,
                                              workers=args.process_workers, backend="process")

@@ -21,6 +21,16 @@ def test_encode_benchmark_quick(tmp_path):
     assert length["real_tokens"] == arrival["real_tokens"] > 0  # same items, only the batching differs
     assert 0 <= length["padding_fraction"] < arrival["padding_fraction"] < 1  # sorting reduces padding
     assert record["end_to_end"]["wall_s"] > 0 and record["end_to_end"]["preprocess_workers"] == 0
+    pixels = record["pixel_path"]
+    assert pixels["images"] == 24 and pixels["transformers_s"] > 0 and pixels["ours_s"] > 0  # 3 of every 5 items
+
+
+def test_encode_benchmark_preprocess_only(tmp_path):
+    """No model is built: preprocessing at the 2B pixel budget is measurable on any CPU machine."""
+    record = run_bench("encode", tmp_path, "--model", "qwen2vl-2b-random", "--preprocess-only", "--quick")
+    assert record["preprocess_only"] and "orders" not in record
+    assert set(record["preprocess_s"]) == {"length", "arrival"} and min(record["preprocess_s"].values()) > 0
+    assert record["pixel_path"]["images"] == 24
 
 
 def test_train_benchmark_quick(tmp_path):

@@ -53,7 +53,7 @@ def guarded(processor, monkeypatch):
         raise AssertionError("validation let a bad item through to the image processor / tokenizer")
 
     monkeypatch.setattr(processor, "_tokenize", no_model_work)
-    monkeypatch.setattr(processor, "_fit_images", no_model_work)
+    monkeypatch.setattr(processor, "_process_images", no_model_work)
     return processor
 
 
@@ -367,6 +367,61 @@ def test_huge_image_is_shrunk_like_transformers(processor, reference_image_proce
     ref = reference_image_processor(images=[wide], return_tensors="pt")
     assert torch.equal(ours["image_grid_thw"], ref["image_grid_thw"])
     assert torch.equal(ours["pixel_values"], ref["pixel_values"])
+
+
+def _every_value_image(width: int, height: int, seed: int) -> Image.Image:
+    """Each channel holds all 256 uint8 values (shuffled), so a lookup table is checked at every entry."""
+    rng = np.random.default_rng(seed)
+    pixels = np.stack([rng.permutation(np.resize(np.arange(256, dtype=np.uint8), width * height)) for _ in range(3)], -1)
+    return Image.fromarray(pixels.reshape(height, width, 3))
+
+
+PIXEL_SETTINGS = {
+    "checkpoint default": {},
+    "other mean/std and rescale": {"image_mean": [0.5, 0.25, 0.1], "image_std": [0.2, 0.4, 0.6], "rescale_factor": 1 / 127.5},
+    "no normalize": {"do_normalize": False},
+    "no rescale": {"do_rescale": False},
+    "bilinear, smaller budget": {"resample": Image.Resampling.BILINEAR, "size": {"shortest_edge": 28 * 28, "longest_edge": 28 * 28 * 16}},
+}
+
+
+@pytest.mark.parametrize("setting", list(PIXEL_SETTINGS))
+def test_fast_pixels_equal_image_processor_bit_for_bit(processor, setting):
+    """`_pixel_values_fast` must give exactly what transformers' Qwen2-VL PIL image processor gives."""
+    fast = copy.deepcopy(processor)
+    for name, value in PIXEL_SETTINGS[setting].items():
+        setattr(fast.image_processor, name, value)
+    reference = Qwen2VLImageProcessorPil(**fast.image_processor.to_dict())
+    images = [
+        _every_value_image(64, 48, 0),  # upscaled to the minimum pixel count
+        _every_value_image(300, 200, 1),  # resized down/up to multiples of 28
+        make_image(56, 84, 2),  # already multiples of 28: no resize
+        make_image(1000, 40, 3),  # 25:1 aspect
+        make_image(3000, 2000, 4),  # far above the budget
+        Image.open(Path(__file__).resolve().parents[1] / "examples" / "images" / "OSBS_029.png").convert("RGB"),
+    ]
+    assert fast._pixel_fast_path_applies(images)
+    ours, counts = fast._process_images(images)
+    ref = reference(images=images, return_tensors="pt")
+    assert ours["image_grid_thw"].dtype == ref["image_grid_thw"].dtype == torch.int64
+    assert torch.equal(ours["image_grid_thw"], ref["image_grid_thw"])
+    assert ours["pixel_values"].dtype == ref["pixel_values"].dtype == torch.float32
+    assert ours["pixel_values"].shape == ref["pixel_values"].shape
+    assert torch.equal(ours["pixel_values"], ref["pixel_values"])
+    assert counts == (ref["image_grid_thw"].prod(-1) // 4).tolist()
+
+
+def test_pixels_fall_back_to_image_processor_outside_the_fast_path(processor, monkeypatch):
+    """Settings the fast path does not reproduce (here: no resizing) go through transformers' processor."""
+    fallback = copy.deepcopy(processor)
+    fallback.image_processor.do_resize = False
+    image = make_image(56, 112, 5)
+    assert not fallback._pixel_fast_path_applies([image])
+    monkeypatch.setattr(fallback, "_pixel_values_fast", lambda images: pytest.fail("fast path taken"))
+    ours, _ = fallback._process_images([image])
+    ref = Qwen2VLImageProcessorPil(**fallback.image_processor.to_dict())(images=[image], return_tensors="pt")
+    assert torch.equal(ours["pixel_values"], ref["pixel_values"])
+    assert torch.equal(ours["image_grid_thw"], torch.tensor([[1, 8, 4]]))
 
 
 def test_bbox_uses_original_size_of_huge_image(processor):
