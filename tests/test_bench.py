@@ -52,6 +52,7 @@ def test_search_benchmark_quick(tmp_path):
     assert [run["params"]["nprobe"] for run in ivf] == [8, 16, 32, 64, 128] and ivf[0]["params"]["nlist"] == 51
     assert exact["index_bytes"] >= 2000 * 32 * 4 and hnsw[0]["index_bytes"] > exact["index_bytes"]
     assert exact["ms_per_query"] > 0 and exact["recall_at_10"] == 1.0 and hnsw[0]["build_s"] > 0
+    assert all(run["single_query_ms"] > 0 for run in runs)
     # more search effort never finds fewer true neighbours (same graph / same lists, searched wider)
     for sweep in (hnsw, ivf):
         recalls = [run["recall_at_10"] for run in sweep]
