@@ -683,8 +683,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         start = 0
         for array, (_, grid_h, grid_w) in zip(arrays, grids):
             count = grid_h * grid_w
-            # (H, W, C) -> patches in Qwen2-VL's order: merge blocks row-major, then the 2x2 patches inside
-            # each block, each patch channels-first.
+            # (H, W, C) -> patches in Qwen2-VL's order: merge blocks row-major, then the patches inside
+            # each block (merge x merge), each patch channels-first.
             patches = array.reshape(grid_h // merge, merge, patch, grid_w // merge, merge, patch, 3)
             patches = patches.transpose(0, 3, 1, 4, 6, 2, 5).reshape(count, 3, patch * patch)
             for channel in range(3):
