@@ -421,13 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_index_kind_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=["auto", "exact", "hnsw", "ivf"], default="auto",
-                        help="auto: exact below 50,000 vectors, else HNSW")
-    parser.add_argument("--M", type=int, default=None, help="HNSW graph degree (default 32)")
-    parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build effort (default 200)")
-    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search effort (default 256)")
+    from vlm2geovec.index import AUTO_EXACT_BELOW, DEFAULT_PARAMS, KINDS
+
+    hnsw, ivf = DEFAULT_PARAMS["hnsw"], DEFAULT_PARAMS["ivf"]
+    parser.add_argument("--kind", choices=["auto", *KINDS], default="auto",
+                        help=f"auto: exact below {AUTO_EXACT_BELOW:,} vectors, else HNSW")
+    parser.add_argument("--M", type=int, default=None, help=f"HNSW graph degree (default {hnsw['M']})")
+    parser.add_argument("--ef-construction", type=int, default=None,
+                        help=f"HNSW build effort (default {hnsw['ef_construction']})")
+    parser.add_argument("--ef-search", type=int, default=None, help=f"HNSW search effort (default {hnsw['ef_search']})")
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(n))")
-    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default 64)")
+    parser.add_argument("--nprobe", type=int, default=None, help=f"IVF lists searched (default {ivf['nprobe']})")
 
 
 def _add_index_parsers(sub) -> None:
