@@ -89,9 +89,7 @@ def load_processor(model_name: str):
     from vlm2geovec.checkpoint import build_processor
 
     if model_name == "nano":
-        from vlm2geovec.checkpoint import NANO_IMAGE_SIZE
-
-        return build_processor(image_size=NANO_IMAGE_SIZE)
+        return build_processor()  # what build_nano uses
     if model_name == "qwen2vl-2b-random":
         return build_processor(image_size=QWEN2VL_2B_IMAGE_SIZE)
     from transformers import AutoProcessor
@@ -101,7 +99,7 @@ def load_processor(model_name: str):
 
 def load(model_name: str, device: str, dtype: torch.dtype):
     from modeling_vlm2geovec import VLM2GeoVecConfig, VLM2GeoVecModel
-    from vlm2geovec.checkpoint import build_nano, build_processor
+    from vlm2geovec.checkpoint import build_nano
 
     if model_name == "nano":
         model, processor = build_nano(seed=0)
@@ -110,7 +108,7 @@ def load(model_name: str, device: str, dtype: torch.dtype):
         torch.manual_seed(0)
         with torch.device(device):
             model = VLM2GeoVecModel._from_config(config, dtype=dtype)
-        processor = build_processor(image_size=QWEN2VL_2B_IMAGE_SIZE)
+        processor = load_processor(model_name)
     else:
         from sentence_transformers import SentenceTransformer
 
@@ -273,6 +271,11 @@ def environment(device: str) -> dict:
     return info
 
 
+def pixel_path_line(pixels: dict) -> str:
+    return (f"Pixel values alone ({pixels['images']} images): transformers' `Qwen2VLImageProcessorPil` "
+            f"{pixels['transformers_s']} s, ours {pixels['ours_s']} s (x{pixels['speedup']}, equal bit for bit).\n")
+
+
 def results_md_lines(record: dict) -> list[str]:
     """The RESULTS.md block of one run."""
     env = record["environment"]
@@ -283,9 +286,7 @@ def results_md_lines(record: dict) -> list[str]:
             f"\n### encode, preprocessing only — {record['model']} pixel budget on {where}, {env['date']}\n",
             f"{record['n_items']} items (mixed), batch {record['batch_size']}; transformers {env['transformers']}.\n\n",
             f"Processor over all batches (best of passes after a warm-up): length order {pre['length']} s, arrival "
-            f"order {pre['arrival']} s. Pixel values alone ({pixels['images']} images): transformers' "
-            f"`Qwen2VLImageProcessorPil` {pixels['transformers_s']} s, ours {pixels['ours_s']} s "
-            f"(x{pixels['speedup']}, equal bit for bit).\n",
+            f"order {pre['arrival']} s. " + pixel_path_line(pixels),
         ]
     lines = [
         f"\n### encode — {record['model']} on {where}, {env['date']}\n",
@@ -308,8 +309,7 @@ def results_md_lines(record: dict) -> list[str]:
     )
     pixels = record.get("pixel_path")
     if pixels:
-        lines.append(f"Pixel values alone ({pixels['images']} images): transformers' `Qwen2VLImageProcessorPil` "
-                     f"{pixels['transformers_s']} s, ours {pixels['ours_s']} s (x{pixels['speedup']}, equal bit for bit).\n")
+        lines.append(pixel_path_line(pixels))
     proc = record.get("end_to_end_process")
     if proc:
         lines.append(f"With {proc['preprocess_workers']} look-ahead preprocessing *processes*: {proc['wall_s']} s = "
