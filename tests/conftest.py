@@ -72,3 +72,19 @@ def run_python(code: str, cwd: Path, env_extra: dict | None = None) -> str:
     if result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The battery's tally (tests/battery.py): how many bad or unusual inputs ended in what."""
+    from tests.battery import TALLY
+
+    reports = terminalreporter.stats
+    battery = [r for key in ("passed", "failed", "error") for r in reports.get(key, [])
+               if getattr(r, "when", "call") == "call" and "battery" in getattr(r, "keywords", {})]
+    if not battery:
+        return
+    failed = sum(1 for r in battery if r.outcome != "passed")
+    terminalreporter.write_line(
+        f"battery: {len(battery)} bad/unusual-input cases: {TALLY['clear_error']} clear errors, "
+        f"{TALLY['correct']} checked results, {failed} failed (crash, silent result or unclear error)"
+    )
