@@ -34,12 +34,13 @@ from __future__ import annotations
 import io
 import math
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps
 from transformers import BatchFeature
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 from transformers.processing_utils import ProcessorMixin
@@ -56,6 +57,12 @@ DEFAULT_COORD_PRECISION = 4
 # Decoding guard: anything above this is refused before decoding (PIL's own bomb limit is ~179 MP).
 DEFAULT_MAX_IMAGE_PIXELS = 16_384 * 16_384
 PART_SEPARATOR = "\n"
+# Token budget of an item when neither max_length nor the tokenizer sets one (Qwen2-VL's context length).
+DEFAULT_MAX_LENGTH = 32_768
+# A text longer than this many characters per token of the budget is cut before tokenizing, so a huge text costs
+# one budget's worth of tokenizing (tokens average 3-5 characters: only text made of long runs of one character
+# can be cut shorter than the budget by this).
+TEXT_CHARS_PER_TOKEN = 16
 
 # Qwen2-VL's chat template (the one its checkpoints ship). The processor renders items in Python (see
 # `render_item`) and a test pins that rendering to this template's output.
@@ -78,9 +85,6 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Modes PIL converts to RGB without losing meaning. High-bit-depth modes ("I;16", "I", "F") would be
-# clipped to garbage by a plain convert, so they are refused with advice instead.
-_CONVERTIBLE_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -93,10 +97,13 @@ def _is_number(value: Any) -> bool:
 def _finite_number(value: Any, field: str) -> float:
     if not _is_number(value):
         raise TypeError(f"{field}: expected a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{field}: must be finite, got {value}")
-    return value
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range, e.g. 10**400
+        raise ValueError(f"{field}: must be finite, got an integer of {len(str(abs(int(value))))} digits") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{field}: must be finite, got {number}")
+    return number
 
 
 def validate_bbox(bbox: Any, image_size: tuple[int, int] | None, field: str = "bbox") -> tuple[float, ...]:
@@ -132,7 +139,15 @@ def format_bbox(bbox: Sequence[float], image_size: tuple[int, int]) -> str:
     def scale(value: float, size: int) -> int:
         return min(BOX_SCALE, max(0, int(round(value * BOX_SCALE / size))))
 
-    return f"{BOX_START}({scale(x1, width)},{scale(y1, height)}),({scale(x2, width)},{scale(y2, height)}){BOX_END}"
+    def span(low: float, high: float, size: int) -> tuple[int, int]:
+        # A box narrower than one unit of the 0..1000 grid would round to a point: keep it one unit wide.
+        a, b = scale(low, size), scale(high, size)
+        if b <= a:
+            a, b = (a, a + 1) if a < BOX_SCALE else (BOX_SCALE - 1, BOX_SCALE)
+        return a, b
+
+    (ax, bx), (ay, by) = span(x1, x2, width), span(y1, y2, height)
+    return f"{BOX_START}({ax},{ay}),({bx},{by}){BOX_END}"
 
 
 def validate_coords(coords: Any, field: str = "coords") -> tuple[float, float]:
@@ -172,33 +187,204 @@ def format_coords(coords: Any, precision: int = DEFAULT_COORD_PRECISION) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Images
 # ----------------------------------------------------------------------------------------------------------
+# What becomes of each kind of image (the same rules for encode, embed, the Space and RSMEB builds):
+# * 8-bit images in any PIL mode become RGB exactly as transformers' Qwen2-VL image processor makes them:
+#   transparency (an alpha band, or a palette/colour-key `transparency`) is composited onto white, other modes
+#   are converted by PIL. HxWx4 uint8 arrays are composited onto white with transformers' own arithmetic.
+# * Files and bytes are turned upright by their EXIF orientation (as transformers' `load_image` does); a PIL
+#   image object is used as given.
+# * High-bit-depth data (16-bit PNG/TIFF, PIL modes I;16/I/F, integer arrays wider than 8 bits) is never cut
+#   to 8 bits silently: `image_scale="auto"` (default) stretches each band linearly from its 2nd..98th
+#   percentile to 0..255 (the GeoTIFF tiler's stretch, `stretch_to_uint8`), `image_scale=(low, high)` maps that
+#   fixed range for every image (consistent radiometry across tiles), `image_scale=None` refuses such images.
+# * Multiband data other than 1, 3 (RGB) or 4 (RGBA) channels is refused: select three bands first.
+# * Truncated files, decompression bombs, images above `max_image_pixels`, zero-size images and aspect ratios
+#   above 200 (Qwen2-VL's limit) are refused with the item named.
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's smart_resize refuses more elongated images
+STRETCH_PERCENTILES = (2.0, 98.0)
+IMAGE_SCALES = ("auto",)
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F", "I;32", "I;32B", "I;32L"}
+# PNG/TIFF raw modes that PIL reads into an 8-bit mode by dropping the low byte of each 16-bit sample.
+_SIXTEEN_BIT_RAWMODE_MARKERS = (";16", "16B", "16L", "16N")
+
+
 def _is_image_value(value: Any) -> bool:
     return isinstance(value, (Image.Image, np.ndarray, bytes, bytearray))
 
 
-def _array_to_image(array: np.ndarray, field: str) -> Image.Image:
+def check_image_scale(scale: Any, field: str = "image_scale") -> str | tuple[float, float] | None:
+    """Validate an ``image_scale`` setting: ``"auto"``, ``None`` or ``(low, high)`` with low < high."""
+    if scale is None or (isinstance(scale, str) and scale in IMAGE_SCALES):
+        return scale
+    if (isinstance(scale, (str, bytes)) or not isinstance(scale, (Sequence, np.ndarray)) or len(scale) != 2
+            or not all(_is_number(v) and math.isfinite(float(v)) for v in scale) or not float(scale[0]) < float(scale[1])):
+        raise ValueError(f"{field}: expected 'auto', None or (low, high) with low < high, got {scale!r}")
+    return float(scale[0]), float(scale[1])
+
+
+def stretch_to_uint8(
+    array: np.ndarray, scale: str | tuple[float, float] = "auto", valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Map numeric pixels to uint8, per band: ``(x - low) / (high - low) * 255``, clipped, rounded half up.
+
+    Args:
+        array: ``(H, W)`` or ``(H, W, bands)`` pixels of any numeric dtype.
+        scale: ``"auto"``: each band's 2nd..98th percentile over its finite (and `valid`) pixels; or one fixed
+            ``(low, high)`` for every band.
+        valid: optional ``(H, W)`` mask of the pixels that count for the percentiles (nodata excluded).
+
+    Non-finite pixels become 0. A band whose percentiles coincide is stretched over ``(low, low + 1)``.
+    This is the one home of the stretch: the GeoTIFF tiler and the processor use it alike.
+    """
+    data = np.asarray(array, dtype=np.float64)
+    squeeze = data.ndim == 2
+    if squeeze:
+        data = data[:, :, None]
+    if scale == "auto":
+        limits = []
+        for band in range(data.shape[2]):
+            values = data[:, :, band]
+            values = values[valid] if valid is not None else values.ravel()
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                raise ValueError(f"band {band + 1} has no finite pixels; cannot estimate its stretch")
+            low, high = np.percentile(values, STRETCH_PERCENTILES)
+            limits.append((low, high if high > low else low + 1.0))
+        low, high = np.array(limits).T
+    else:
+        low, high = check_image_scale(scale, "scale")
+    out = np.clip((data - low) / (high - low) * 255.0, 0, 255)
+    out = np.floor(np.nan_to_num(out, nan=0.0) + 0.5).astype(np.uint8)
+    return out[:, :, 0] if squeeze else out
+
+
+def _high_bit_refusal(field: str, what: str) -> ValueError:
+    return ValueError(
+        f"{field}: {what} holds more than 8 bits per sample and image_scale is None (refuse); set image_scale to "
+        "'auto' (2-98 percentile stretch per band) or (low, high), or convert it to 8 bits yourself"
+    )
+
+
+def _stretched_image(array: np.ndarray, image_scale, field: str, what: str) -> Image.Image:
+    if image_scale is None:
+        raise _high_bit_refusal(field, what)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+    try:
+        pixels = stretch_to_uint8(array, image_scale)
+    except ValueError as error:
+        raise ValueError(f"{field}: {what}: {error}") from None
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+
+
+def _check_array(array: np.ndarray, field: str) -> None:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 3 and array.shape[2] not in (3, 4):
+        raise ValueError(
+            f"{field}: a {array.shape[2]}-band array (shape {array.shape}); an image has 1, 3 (RGB) or 4 (RGBA) "
+            "channels last: select three bands first (e.g. red, green, blue)"
+        )
+    if array.ndim not in (2, 3):
         raise ValueError(f"{field}: expected an HxW, HxWx1, HxWx3 or HxWx4 array, got shape {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{field}: image array is empty (shape {array.shape})")
-    if array.dtype == np.uint8:
-        pass
-    elif array.dtype.kind == "f":
+    if array.dtype.kind not in "uif":
+        raise ValueError(f"{field}: unsupported array dtype {array.dtype}; give uint8, a wider integer type or float")
+
+
+def _array_to_image(array: np.ndarray, field: str, image_scale="auto") -> Image.Image:
+    """An RGB image from an array, by the rules at the top of this section."""
+    _check_array(array, field)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    if array.dtype.kind == "f":
         if not np.isfinite(array).all():
             raise ValueError(f"{field}: image array contains NaN or inf")
+        if isinstance(image_scale, tuple):
+            if channels == 4:
+                raise ValueError(f"{field}: image_scale does not apply to 4-channel (RGBA) float arrays; give 3 bands")
+            return _stretched_image(array, image_scale, field, "a float array")
         if array.min() < 0.0 or array.max() > 1.0:
             raise ValueError(
-                f"{field}: float image arrays must hold values in [0, 1], got [{array.min():g}, {array.max():g}]"
+                f"{field}: float image arrays are read as intensities in [0, 1], got values in [{array.min():g}, "
+                f"{array.max():g}]; for reflectances or other ranges set image_scale=(low, high)"
             )
         array = np.round(array * 255.0).astype(np.uint8)
-    else:
+    elif array.dtype != np.uint8:
+        if channels == 4:
+            raise ValueError(
+                f"{field}: a 4-channel {array.dtype} array: alpha above 8 bits is not supported; give 3 bands"
+            )
+        return _stretched_image(array, image_scale, field, f"a {array.dtype} array")
+    if channels == 4:
+        # the same arithmetic transformers' image processor applies to HxWx4 arrays (composite onto white)
+        from transformers.image_transforms import convert_to_rgb
+
+        return Image.fromarray(convert_to_rgb(array, return_numpy=True, input_data_format="channels_last"), mode="RGB")
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+def _to_rgb(image: Image.Image, field: str, image_scale) -> Image.Image:
+    """RGB from a decoded PIL image, by the rules at the top of this section."""
+    if image.mode in _HIGH_BIT_MODES:
+        return _stretched_image(np.asarray(image), image_scale, field, f"a mode {image.mode!r} image")
+    if image.mode == "RGB" and image.info.get("transparency") is None:
+        return image
+    # transformers' own conversion (alpha and palette transparency composited onto white), so pixels match it
+    from transformers.image_transforms import convert_to_rgb
+
+    try:
+        return Image.fromarray(convert_to_rgb(image, return_numpy=True), mode="RGB")
+    except (ValueError, OSError) as error:  # modes PIL cannot convert to RGB
+        raise ValueError(f"{field}: cannot convert a mode {image.mode!r} image to RGB: {error}") from None
+
+
+def _sixteen_bit_samples(image: Image.Image) -> bool:
+    """Whether PIL reads this multi-channel file into 8 bits by dropping the low byte of 16-bit samples."""
+    if image.mode in _HIGH_BIT_MODES:
+        return False  # PIL keeps all bits of single-channel data
+    for tile in getattr(image, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and any(marker in rawmode for marker in _SIXTEEN_BIT_RAWMODE_MARKERS):
+            return True
+    return False
+
+
+def _read_with_gdal(source: Any, label: str, field: str, image_scale) -> Image.Image:
+    """Files PIL cannot read faithfully (16-bit RGB PNG/TIFF): read all bits with GDAL (rasterio), then stretch."""
+    try:
+        import rasterio
+        from rasterio.io import MemoryFile
+    except ImportError:
         raise ValueError(
-            f"{field}: unsupported array dtype {array.dtype}; scale to uint8 (or float in [0, 1]) first, "
-            "e.g. a percentile stretch for 16-bit satellite bands"
+            f"{field}: {label} holds 16-bit multi-channel samples, which PIL can only read by dropping their low "
+            "byte; install rasterio (pip install 'vlm2geovec[geo]') to read it, or pass the pixels as a numpy "
+            "uint16 array"
+        ) from None
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "not georeferenced" is expected for plain images
+            if isinstance(source, io.BytesIO):
+                with MemoryFile(source.getvalue()) as memory, memory.open() as dataset:
+                    data = dataset.read()
+            else:
+                with rasterio.open(source) as dataset:
+                    data = dataset.read()
+    except Exception as error:  # rasterio raises its own error types for corrupt data
+        raise ValueError(f"{field}: cannot read image from {label}: {error}") from None
+    if data.shape[0] not in (1, 3):
+        raise ValueError(
+            f"{field}: {label} has {data.shape[0]} bands; an image has 1 or 3 (RGB): select three bands first "
+            "(vlm2geovec index build --bands, or a numpy array)"
         )
-    return Image.fromarray(np.ascontiguousarray(array))
+    return _stretched_image(np.moveaxis(data, 0, -1), image_scale, field, label)
 
 
 def _decode(image: Image.Image, field: str, label: str) -> None:
@@ -213,61 +399,130 @@ def _decode(image: Image.Image, field: str, label: str) -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
 
 
-def load_image(
-    value: Any, field: str = "image", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, decode: bool = True
-) -> Image.Image:
-    """Turn a PIL image, path, bytes or array into a fully decoded RGB ``PIL.Image`` (or raise a clear error).
-
-    With ``decode=False`` only the header is read (size, mode): a cheap check for a whole dataset up front.
-    """
-    if isinstance(value, Image.Image):
-        image = value
-        if decode:
-            _decode(image, field, "the PIL image")
-    elif isinstance(value, np.ndarray):
-        image = _array_to_image(value, field)
-    elif isinstance(value, (bytes, bytearray, str, os.PathLike)):
-        source = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value
-        label = f"{len(value)} bytes" if isinstance(value, (bytes, bytearray)) else repr(os.fspath(value))
-        if isinstance(value, (str, os.PathLike)) and not os.path.isfile(value):
-            raise ValueError(f"{field}: image file not found: {label}")
-        try:
-            image = Image.open(source)
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{field}: cannot read image from {label}: {error}") from None
-        width, height = image.size
-        if width * height > max_image_pixels:
-            raise ValueError(
-                f"{field}: image {label} is {width}x{height} = {width * height:,} pixels, above the limit of "
-                f"{max_image_pixels:,}; cut it into tiles first"
-            )
-        if not decode:
-            if image.mode not in _CONVERTIBLE_MODES:
-                raise ValueError(
-                    f"{field}: image mode {image.mode!r} cannot be converted to RGB without losing data; "
-                    "scale it to 8 bits per channel first"
-                )
-            return image
-        _decode(image, field, label)
-    else:
-        raise TypeError(
-            f"{field}: expected a PIL image, numpy array, bytes or file path, got {type(value).__name__}"
-        )
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ValueError(f"{field}: image has zero size {width}x{height}")
+def _check_size(width: int, height: int, field: str, label: str, max_image_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{field}: image {label} has zero size {width}x{height}")
     if width * height > max_image_pixels:
         raise ValueError(
-            f"{field}: image is {width}x{height} = {width * height:,} pixels, above the limit of {max_image_pixels:,}"
+            f"{field}: image {label} is {width}x{height} = {width * height:,} pixels, above the limit of "
+            f"{max_image_pixels:,}; cut it into tiles first"
         )
-    if image.mode != "RGB":
-        if image.mode not in _CONVERTIBLE_MODES:
-            raise ValueError(
-                f"{field}: image mode {image.mode!r} cannot be converted to RGB without losing data; "
-                "scale it to 8 bits per channel first"
-            )
-        image = image.convert("RGB")
-    return image
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"{field}: image {label} is {width}x{height}, an aspect ratio above {MAX_ASPECT_RATIO} (the most "
+            "Qwen2-VL accepts); crop or pad it first"
+        )
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size after EXIF orientation, from the header alone (orientations 5-8 swap width and height)."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block: exif_transpose will ignore it as well
+        orientation = None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _open(source: Any, field: str, label: str) -> Image.Image:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # PIL's own bomb warning fires far below this package's limit, which is checked right after
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(source)
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{field}: image {label} is larger than PIL's decompression-bomb limit ({error}); cut it into tiles "
+            "first"
+        ) from None
+    except Exception as error:  # UnidentifiedImageError, OSError, and ValueError/SyntaxError from some plugins
+        raise ValueError(f"{field}: cannot read image from {label}: {error}") from None
+
+
+def load_image(
+    value: Any,
+    field: str = "image",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    decode: bool = True,
+    image_scale: str | tuple[float, float] | None = "auto",
+) -> Image.Image:
+    """Turn a PIL image, path, bytes or array into a fully decoded, upright RGB ``PIL.Image`` (or raise a clear
+    error naming `field`), by the rules at the top of this section.
+
+    ``decode``: ``True`` returns the RGB image; ``"verify"`` decodes every pixel (what catches truncated
+    files) but converts nothing and returns the opened image; ``False`` reads only the header (size after EXIF
+    orientation, mode).
+    """
+    image_scale = check_image_scale(image_scale)
+    if isinstance(value, Image.Image):
+        label = "(PIL image)"
+        _check_size(*value.size, field, label, max_image_pixels)
+        if value.mode in _HIGH_BIT_MODES and image_scale is None:
+            raise _high_bit_refusal(field, f"a mode {value.mode!r} image")
+        if not decode:
+            return value
+        _decode(value, field, "the PIL image")
+        return value if decode == "verify" else _to_rgb(value, field, image_scale)
+    if isinstance(value, np.ndarray):
+        if decode is not True:
+            _check_array(value, field)
+            _check_size(value.shape[1], value.shape[0], field, f"array {value.shape}", max_image_pixels)
+            if decode == "verify":
+                _array_to_image(value, field, image_scale)  # dtype/range rules (cheap next to a model)
+            return value
+        image = _array_to_image(value, field, image_scale)
+        _check_size(*image.size, field, f"array {value.shape}", max_image_pixels)
+        return image
+    if not isinstance(value, (bytes, bytearray, str, os.PathLike)):
+        raise TypeError(f"{field}: expected a PIL image, numpy array, bytes or file path, got {type(value).__name__}")
+    if isinstance(value, (bytes, bytearray)):
+        source, label = io.BytesIO(bytes(value)), f"{len(value)} bytes"
+    else:
+        source, label = value, repr(os.fspath(value))
+        if not os.path.isfile(value):
+            raise ValueError(f"{field}: image file not found: {label}")
+    try:
+        image = _open(source, field, label)
+    except ValueError:
+        # PIL cannot identify 16-bit RGB or multiband TIFFs: GDAL can, where installed
+        if _looks_like_tiff(source) and _has_rasterio():
+            return _read_with_gdal(source, label, field, image_scale)
+        raise
+    _check_size(*_upright_size(image), field, label, max_image_pixels)
+    sixteen_bit = _sixteen_bit_samples(image)
+    if (sixteen_bit or image.mode in _HIGH_BIT_MODES) and image_scale is None:
+        raise _high_bit_refusal(field, label)
+    if sixteen_bit:
+        if not decode and _has_rasterio():
+            return image
+        return _read_with_gdal(source, label, field, image_scale)  # without rasterio: raises its explanation
+    if not decode:
+        return image
+    _decode(image, field, label)
+    if decode == "verify":
+        return image
+    image = ImageOps.exif_transpose(image)
+    return _to_rgb(image, field, image_scale)
+
+
+def _looks_like_tiff(source: Any) -> bool:
+    try:
+        if isinstance(source, io.BytesIO):
+            head = source.getvalue()[:4]
+        else:
+            with open(source, "rb") as handle:
+                head = handle.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _has_rasterio() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rasterio") is not None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -276,9 +531,14 @@ def load_image(
 def _text_value(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{field}: expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{field}: text is empty")
+    if not _has_visible_character(value):
+        raise ValueError(f"{field}: text is empty (only whitespace, control or zero-width characters)")
     return value
+
+
+def _has_visible_character(text: str) -> bool:
+    # separators (Z*), controls (Cc) and format characters (Cf: zero-width space, BOM, ...) show nothing
+    return any(not unicodedata.category(char).startswith(("Z", "Cc", "Cf")) for char in text)
 
 
 def _boxes(value: Any, field: str) -> list[Any]:
@@ -314,7 +574,11 @@ def _mapping_parts(present: dict, field: str) -> list[tuple[str, Any, str]]:
 
 
 def normalize_item(
-    item: Any, field: str = "item", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, decode_images: bool = True
+    item: Any,
+    field: str = "item",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    decode_images: bool | str = True,
+    image_scale: str | tuple[float, float] | None = "auto",
 ) -> list[tuple[str, Any]]:
     """Validate one item and return its parts in rendering order.
 
@@ -366,8 +630,10 @@ def normalize_item(
     current_image_size: tuple[int, int] | None = None
     for kind, value, part_field in raw_parts:
         if kind == "image":
-            image = load_image(value, part_field, max_image_pixels, decode=decode_images)
-            current_image_size = image.size
+            image = load_image(value, part_field, max_image_pixels, decode=decode_images, image_scale=image_scale)
+            current_image_size = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+            if isinstance(image, Image.Image) and decode_images is not True and isinstance(value, (bytes, bytearray, str, os.PathLike)):
+                current_image_size = _upright_size(image)
             parts.append(("image", image))
         elif kind == "text":
             parts.append(("text", _text_value(value, part_field)))
@@ -380,41 +646,53 @@ def normalize_item(
 
 
 def check_items(
-    items: Sequence[Any], field: str = "inputs", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    items: Sequence[Any],
+    field: str = "inputs",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    image_scale: str | tuple[float, float] | None = "auto",
+    decode_images: bool | str = "verify",
 ) -> None:
-    """Validate a whole list of items without decoding images (headers only); errors name the list index."""
+    """Validate a whole list of items before any model work; errors name the caller's list index.
+
+    By default every image is decoded once (``"verify"``: what finds truncated files) without being converted
+    or kept; ``decode_images=False`` reads headers only (cheaper, blind to truncation).
+    """
     for index, item in enumerate(items):
-        normalize_item(item, f"{field}[{index}]", max_image_pixels, decode_images=False)
+        normalize_item(item, f"{field}[{index}]", max_image_pixels, decode_images=decode_images,
+                       image_scale=image_scale)
 
 
-def render_content(parts: list[tuple[str, Any]], coord_precision: int = DEFAULT_COORD_PRECISION) -> str:
-    """The user-turn text of normalised parts, with one ``<|image_pad|>`` per image (expanded later)."""
-    pieces: list[str] = []
+def render_pieces(
+    parts: list[tuple[str, Any]], instruction: str | None = None, coord_precision: int = DEFAULT_COORD_PRECISION
+) -> list[tuple[str, bool]]:
+    """The full text of one item as ``(text, from_user)`` pieces: Qwen2-VL chat (system = instruction) plus the
+    embedding token. Pieces from the user (texts, instruction) are tokenized as plain text, so control tokens
+    typed in them (``<|im_end|>``, ``<|image_pad|>``...) stay text instead of steering the chat template."""
+    system = (instruction, True) if instruction else (DEFAULT_SYSTEM_PROMPT, False)
+    pieces: list[tuple[str, bool]] = [("<|im_start|>system\n", False), system, ("<|im_end|>\n<|im_start|>user\n", False)]
     previous = None
     for kind, value in parts:
+        if previous is not None and previous != "image":
+            pieces.append((PART_SEPARATOR, False))
         if kind == "image":
-            piece = f"{VISION_START}{IMAGE_TOKEN}{VISION_END}"
+            pieces.append((f"{VISION_START}{IMAGE_TOKEN}{VISION_END}", False))
         elif kind == "bbox":
             box, size = value
-            piece = format_bbox(box, size)
+            pieces.append((format_bbox(box, size), False))
         elif kind == "coords":
-            piece = format_coords(value, coord_precision)
+            pieces.append((format_coords(value, coord_precision), False))
         else:
-            piece = value
-        if previous is not None and previous != "image":
-            pieces.append(PART_SEPARATOR)
-        pieces.append(piece)
+            pieces.append((value, True))
         previous = kind
-    return "".join(pieces)
+    pieces.append((f"<|im_end|>\n{EMBED_TOKEN}", False))
+    return pieces
 
 
 def render_item(
     parts: list[tuple[str, Any]], instruction: str | None = None, coord_precision: int = DEFAULT_COORD_PRECISION
 ) -> str:
-    """The full text of one item: Qwen2-VL chat (system = instruction) plus the embedding token."""
-    system = instruction if instruction else DEFAULT_SYSTEM_PROMPT
-    content = render_content(parts, coord_precision)
-    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{content}<|im_end|>\n{EMBED_TOKEN}"
+    """The full text of one item (see `render_pieces`)."""
+    return "".join(text for text, _ in render_pieces(parts, instruction, coord_precision))
 
 
 def estimate_item_tokens(item: Any, image_processor: Qwen2VLImageProcessorPil | None = None) -> int:
@@ -485,10 +763,16 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         coord_precision (`int`, *optional*, defaults to 4):
             Decimals of rendered latitude/longitude (4 decimals ~ 11 m).
         max_length (`int`, *optional*):
-            Longest sequence in tokens. Longer items have their last text part shortened; image tokens are
-            never cut (an item whose images alone exceed it raises).
+            Longest sequence in tokens; by default the tokenizer's ``model_max_length`` (32,768 for Qwen2-VL).
+            Longer items have their last text part shortened (cut at the end); image tokens, boxes, coordinates
+            and the chat frame are never cut (an item that needs more without its text raises).
         max_image_pixels (`int`, *optional*, defaults to 16384**2):
             Images above this many pixels are refused before decoding (tile them first).
+        image_scale (`str` or `(low, high)`, *optional*, defaults to `"auto"`):
+            What high-bit-depth images (16-bit PNG/TIFF, PIL modes I;16/I/F, integer arrays wider than 8 bits)
+            become: ``"auto"`` stretches each band from its 2nd..98th percentile to 0..255; ``(low, high)`` maps
+            that fixed range (the same radiometry for every image, e.g. ``(0, 3000)`` for Sentinel-2 L2A
+            reflectance x 10,000); ``None`` refuses them. 8-bit images are never rescaled.
 
     Example:
 
@@ -508,6 +792,7 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         coord_precision: int = DEFAULT_COORD_PRECISION,
         max_length: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        image_scale: str | Sequence[float] | None = "auto",
         **kwargs,
     ):
         if image_processor is not None and not isinstance(image_processor, Qwen2VLImageProcessorPil):
@@ -517,6 +802,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         self.coord_precision = int(coord_precision)
         self.max_length = max_length
         self.max_image_pixels = int(max_image_pixels)
+        scale = check_image_scale(image_scale)
+        self.image_scale = list(scale) if isinstance(scale, tuple) else scale  # a list survives the JSON config
         self.input_format_version = INPUT_FORMAT_VERSION
         super().__init__(image_processor, tokenizer, chat_template=chat_template or QWEN2_VL_CHAT_TEMPLATE)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -549,7 +836,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
             raise ValueError("nothing to process: pass items=[...] or text=[...]")
         texts = [text] if isinstance(text, str) else list(text)
         image_list = [] if images is None else ([images] if _is_image_value(images) else list(images))
-        pil_images = [load_image(img, f"images[{i}]", self.max_image_pixels) for i, img in enumerate(image_list)]
+        pil_images = [load_image(img, f"images[{i}]", self.max_image_pixels, image_scale=self._image_scale())
+                      for i, img in enumerate(image_list)]
         return self._tokenize(texts, pil_images, return_tensors=return_tensors)
 
     def normalize(self, items: Sequence[Any]) -> list[list[tuple[str, Any]]]:
@@ -558,7 +846,17 @@ class VLM2GeoVecProcessor(ProcessorMixin):
             raise TypeError("items must be a list of items; wrap a single item in a list")
         if len(items) == 0:
             raise ValueError("items is empty: nothing to process")
-        return [normalize_item(item, f"items[{i}]", self.max_image_pixels) for i, item in enumerate(items)]
+        scale = self._image_scale()
+        return [normalize_item(item, f"items[{i}]", self.max_image_pixels, image_scale=scale)
+                for i, item in enumerate(items)]
+
+    def _image_scale(self) -> str | tuple[float, float] | None:
+        return check_image_scale(getattr(self, "image_scale", "auto"))
+
+    def check(self, items: Sequence[Any], field: str = "inputs") -> None:
+        """Validate a whole list of items before any model work (every image decoded once, nothing kept);
+        errors name the caller's list index. `SentenceTransformer.encode` runs this first."""
+        check_items(items, field, self.max_image_pixels, image_scale=self._image_scale())
 
     def render(self, items: Sequence[Any], instruction: str | Sequence[str | None] | None = None) -> list[str]:
         """The exact text of each item, before image-token expansion (for inspection and tests)."""
@@ -703,38 +1001,102 @@ class VLM2GeoVecProcessor(ProcessorMixin):
             raise ValueError(f"text holds {len(chunks) - 1} {IMAGE_TOKEN} placeholders but {len(counts)} images were given")
         return chunks[0] + "".join(IMAGE_TOKEN * n + chunk for n, chunk in zip(counts, chunks[1:]))
 
+    def length_limit(self) -> int:
+        """The token budget of one item: ``max_length``, or by default the tokenizer's ``model_max_length``
+        (32,768 for Qwen2-VL; capped there when a tokenizer declares none)."""
+        limit = self.max_length
+        if limit is None:
+            declared = getattr(self.tokenizer, "model_max_length", None)
+            limit = declared if isinstance(declared, int) and 0 < declared <= DEFAULT_MAX_LENGTH else DEFAULT_MAX_LENGTH
+        if not isinstance(limit, (int, np.integer)) or isinstance(limit, bool) or limit <= 0:
+            raise ValueError(f"max_length: expected a positive integer or None, got {limit!r}")
+        return int(limit)
+
+    def _special_pattern(self):
+        """Splits trusted (package-rendered) text at the tokenizer's added tokens, as the tokenizer itself does."""
+        tokens = sorted(self.tokenizer.get_added_vocab(), key=len, reverse=True)
+        key = tuple(tokens)
+        if getattr(self, "_special_cache", (None,))[0] != key:
+            import re
+
+            self._special_cache = (key, re.compile("(" + "|".join(map(re.escape, tokens)) + ")"))
+        return self._special_cache[1]
+
     def _token_ids(self, item_parts, instruction, counts) -> list[int]:
-        text = self._expand_image_pads(render_item(item_parts, instruction, self.coord_precision), counts)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of one item, image pads expanded. The tokenizer splits a string at its added tokens and
+        tokenizes the stretches between them on their own; this does the same, except that it splits only the
+        package's own pieces, so user text is always plain text (``split_special_tokens``). For text without
+        control tokens the ids equal tokenizing the rendered string."""
+        pattern = self._special_pattern()
+        added = self.tokenizer.get_added_vocab()
+        plan: list[str | int] = []  # plain stretches and special-token ids
+        stretch: list[str] = []
+        images = iter(counts)
+        n_images = 0
+        for text, from_user in render_pieces(item_parts, instruction, self.coord_precision):
+            for i, chunk in enumerate([text] if from_user else pattern.split(text)):
+                if i % 2 == 0:
+                    stretch.append(chunk)
+                    continue
+                if stretch and "".join(stretch):
+                    plan.append("".join(stretch))
+                stretch = []
+                if chunk == IMAGE_TOKEN:
+                    n_images += 1
+                    plan.extend([added[IMAGE_TOKEN]] * next(images, 0))
+                else:
+                    plan.append(added[chunk])
+        if "".join(stretch):
+            plan.append("".join(stretch))
+        if n_images != len(counts):
+            raise ValueError(f"item holds {n_images} images but {len(counts)} image token counts were given")
+        plain = [piece for piece in plan if isinstance(piece, str)]
+        encoded = iter(self.tokenizer(plain, add_special_tokens=False, split_special_tokens=True)["input_ids"] if plain else [])
+        ids: list[int] = []
+        for piece in plan:
+            if isinstance(piece, str):
+                ids.extend(next(encoded))
+            else:
+                ids.append(piece)
+        return ids
 
     def _fit_item(self, item_parts, instruction, counts, field: str) -> list[int]:
-        """Token ids of one item; over ``max_length``, text parts are shortened, last first.
+        """Token ids of one item; over the length limit (`length_limit`), text parts are shortened, last first.
 
-        Only free text is cut: image tokens, boxes, coordinates and the chat frame stay whole.
+        Only free text is cut: image tokens, boxes, coordinates and the chat frame stay whole. A text far beyond
+        the limit is first cut to ``TEXT_CHARS_PER_TOKEN`` characters per token of the limit, so that a huge
+        input costs no more than one limit's worth of tokenizing.
         """
+        limit = self.length_limit()
+        chars = TEXT_CHARS_PER_TOKEN * limit
+        item_parts = [(kind, value[:chars]) if kind == "text" and len(value) > chars else (kind, value)
+                      for kind, value in item_parts]
+        if instruction is not None and len(instruction) > chars:
+            raise ValueError(f"{field}: the instruction is {len(instruction):,} characters long, more than the "
+                             f"{limit:,}-token limit can hold; shorten it")
         ids = self._token_ids(item_parts, instruction, counts)
-        if self.max_length is None or len(ids) <= self.max_length:
+        if len(ids) <= limit:
             return ids
-        item_parts = list(item_parts)
         text_positions = [i for i, (kind, _) in enumerate(item_parts) if kind == "text"]
         for position in reversed(text_positions):
             # Re-tokenising a shortened text can merge tokens differently; a few rounds settle it.
             for _ in range(4):
-                excess = len(ids) - self.max_length
+                excess = len(ids) - limit
                 if excess <= 0:
                     return ids
-                text_ids = self.tokenizer(item_parts[position][1], add_special_tokens=False)["input_ids"]
+                text_ids = self.tokenizer(item_parts[position][1], add_special_tokens=False,
+                                          split_special_tokens=True)["input_ids"]
                 keep = max(1, len(text_ids) - excess)
                 item_parts[position] = ("text", self.tokenizer.decode(text_ids[:keep]))
                 ids = self._token_ids(item_parts, instruction, counts)
                 if keep == 1:
                     break
-        if len(ids) <= self.max_length:
+        if len(ids) <= limit:
             return ids
         n_image = sum(counts)
         raise ValueError(
             f"{field}: needs {len(ids)} tokens ({n_image} for images) even with its text shortened, but max_length "
-            f"is {self.max_length}; image tokens, boxes and coordinates are never truncated: raise max_length or "
+            f"is {limit}; image tokens, boxes and coordinates are never truncated: raise max_length or "
             "lower the image pixel budget"
         )
 
@@ -784,4 +1146,7 @@ __all__ = [
     "render_item",
     "estimate_item_tokens",
     "check_items",
+    "check_image_scale",
+    "stretch_to_uint8",
+    "render_pieces",
 ]
