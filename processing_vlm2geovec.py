@@ -418,7 +418,13 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     """The size after EXIF orientation, from the header alone (orientations 5-8 swap width and height)."""
     width, height = image.size
     try:
-        orientation = image.getexif().get(0x0112)
+        if image.format == "PNG":  # PNG's getexif() decodes the whole image to find an eXIf chunk after the data
+            exif = Image.Exif()
+            if image.info.get("exif"):
+                exif.load(image.info["exif"])
+        else:
+            exif = image.getexif()
+        orientation = exif.get(0x0112)
     except Exception:  # a broken EXIF block: exif_transpose will ignore it as well
         orientation = None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
@@ -461,6 +467,14 @@ def load_image(
         _check_size(*value.size, field, label, max_image_pixels)
         if value.mode in _HIGH_BIT_MODES and image_scale is None:
             raise _high_bit_refusal(field, f"a mode {value.mode!r} image")
+        if _sixteen_bit_samples(value):  # opened from a 16-bit RGB file and not decoded yet: read its file instead
+            filename = getattr(value, "filename", "")
+            if not filename or not os.path.isfile(filename):
+                raise ValueError(f"{field}: the PIL image holds 16-bit samples that PIL reads by dropping their low "
+                                 "byte; pass its file path or a numpy uint16 array instead")
+            if image_scale is None:
+                raise _high_bit_refusal(field, repr(filename))
+            return value if not decode else _read_with_gdal(filename, repr(filename), field, image_scale)
         if not decode:
             return value
         _decode(value, field, "the PIL image")
@@ -490,8 +504,8 @@ def load_image(
         if _looks_like_tiff(source) and _has_rasterio():
             return _read_with_gdal(source, label, field, image_scale)
         raise
+    sixteen_bit = _sixteen_bit_samples(image)  # before anything can decode the image and clear its tile list
     _check_size(*_upright_size(image), field, label, max_image_pixels)
-    sixteen_bit = _sixteen_bit_samples(image)
     if (sixteen_bit or image.mode in _HIGH_BIT_MODES) and image_scale is None:
         raise _high_bit_refusal(field, label)
     if sixteen_bit:
