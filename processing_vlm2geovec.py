@@ -313,7 +313,7 @@ def _array_to_image(array: np.ndarray, field: str, image_scale="auto") -> Image.
                 f"{field}: float image arrays are read as intensities in [0, 1], got values in [{array.min():g}, "
                 f"{array.max():g}]; for reflectances or other ranges set image_scale=(low, high)"
             )
-        array = np.round(array * 255.0).astype(np.uint8)
+        array = np.round(array.astype(np.float64) * 255.0).astype(np.uint8)  # float64: float16 would misround
     elif array.dtype != np.uint8:
         if channels == 4:
             raise ValueError(
@@ -486,9 +486,9 @@ def load_image(
             if decode == "verify":
                 _array_to_image(value, field, image_scale)  # dtype/range rules (cheap next to a model)
             return value
-        image = _array_to_image(value, field, image_scale)
-        _check_size(*image.size, field, f"array {value.shape}", max_image_pixels)
-        return image
+        _check_array(value, field)
+        _check_size(value.shape[1], value.shape[0], field, f"array {value.shape}", max_image_pixels)
+        return _array_to_image(value, field, image_scale)
     if not isinstance(value, (bytes, bytearray, str, os.PathLike)):
         raise TypeError(f"{field}: expected a PIL image, numpy array, bytes or file path, got {type(value).__name__}")
     if isinstance(value, (bytes, bytearray)):
@@ -545,9 +545,17 @@ def _has_rasterio() -> bool:
 def _text_value(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{field}: expected a string, got {type(value).__name__}")
+    _check_unicode(value, field)
     if not _has_visible_character(value):
         raise ValueError(f"{field}: text is empty (only whitespace, control or zero-width characters)")
     return value
+
+
+def _check_unicode(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # lone surrogates (e.g. from a bad decode) cannot be tokenized
+        raise ValueError(f"{field}: text is not valid Unicode ({error.reason} at position {error.start})") from None
 
 
 def _has_visible_character(text: str) -> bool:
@@ -902,13 +910,19 @@ class VLM2GeoVecProcessor(ProcessorMixin):
     @staticmethod
     def _instructions(instruction, n: int) -> list[str | None]:
         if instruction is None or isinstance(instruction, str):
+            if isinstance(instruction, str):
+                _check_unicode(instruction, "instruction")
             return [instruction] * n
+        if not isinstance(instruction, (list, tuple)):
+            raise TypeError(f"instruction: expected a string, None or a list of them, got {type(instruction).__name__}")
         instruction = list(instruction)
         if len(instruction) != n:
             raise ValueError(f"instruction: got {len(instruction)} instructions for {n} items")
         for i, ins in enumerate(instruction):
             if ins is not None and not isinstance(ins, str):
                 raise TypeError(f"instruction[{i}]: expected a string or None, got {type(ins).__name__}")
+            if ins is not None:
+                _check_unicode(ins, f"instruction[{i}]")
         return instruction
 
     def _fit_images(self, images: list[Image.Image]) -> list[Image.Image]:

@@ -24,7 +24,12 @@ from typing import Callable, Iterable
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TALLY = {"clear_error": 0, "correct": 0}
+OUTCOMES: dict[str, set[str]] = {}  # test id -> the outcomes its checks recorded ("clear_error", "correct")
+
+
+def _record(kind: str) -> None:
+    test_id = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+    OUTCOMES.setdefault(test_id, set()).add(kind)
 
 # Text that only a crash or a leak of internals produces; a clear error never contains it.
 _CRASH_MARKERS = ("Traceback (most recent call last)", "RuntimeError", "IndexError", "KeyError",
@@ -41,13 +46,13 @@ def expect_error(call: Callable[[], object], exceptions=(ValueError, TypeError),
     for pattern in patterns:
         assert re.search(pattern, message), f"error message {message!r} does not match {pattern!r}"
     assert message.strip(), "the error has no message"
-    TALLY["clear_error"] += 1
+    _record("clear_error")
     return info.value
 
 
 def record_correct() -> None:
     """Call at the end of a battery case whose result the test has just checked."""
-    TALLY["correct"] += 1
+    _record("correct")
 
 
 def run_cli(args: list[str], cwd: str | os.PathLike | None = None, timeout: float = 600,
@@ -70,5 +75,5 @@ def expect_cli_error(result: subprocess.CompletedProcess, *needles: str) -> str:
     assert last.startswith("error: "), f"last stderr line is not an 'error:' line: {last!r}\n{stderr[-2000:]}"
     for needle in needles:
         assert re.search(needle, last), f"error line {last!r} does not match {needle!r}"
-    TALLY["clear_error"] += 1
+    _record("clear_error")
     return last

@@ -76,15 +76,17 @@ def run_python(code: str, cwd: Path, env_extra: dict | None = None) -> str:
 
 def pytest_terminal_summary(terminalreporter):
     """The battery's tally (tests/battery.py): how many bad or unusual inputs ended in what."""
-    from tests.battery import TALLY
+    from tests.battery import OUTCOMES
 
     reports = terminalreporter.stats
     battery = [r for key in ("passed", "failed", "error") for r in reports.get(key, [])
                if getattr(r, "when", "call") == "call" and "battery" in getattr(r, "keywords", {})]
     if not battery:
         return
-    failed = sum(1 for r in battery if r.outcome != "passed")
+    failed = [r for r in battery if r.outcome != "passed"]
+    passed = [r.nodeid for r in battery if r.outcome == "passed"]
+    errors = sum(1 for nodeid in passed if "clear_error" in OUTCOMES.get(nodeid, ()))
     terminalreporter.write_line(
-        f"battery: {len(battery)} bad/unusual-input cases: {TALLY['clear_error']} clear errors, "
-        f"{TALLY['correct']} checked results, {failed} failed (crash, silent result or unclear error)"
+        f"battery: {len(battery)} bad/unusual-input cases: {errors} ended in clear errors, "
+        f"{len(passed) - errors} in checked results, {len(failed)} failed (a crash, a silent result or an unclear error)"
     )
