@@ -60,8 +60,8 @@ batch: a single part list is passed as `encode([[...]])`.
 
 | field | accepted | meaning |
 |---|---|---|
-| `image` | PIL image, file path, encoded bytes, `uint8` array (HxW, HxWx3, HxWx4) or float array in [0, 1] | converted to RGB; 16-bit and float-mode images are refused (scale them to 8 bits first) |
-| `text` | non-empty string | as is |
+| `image` | PIL image, file path, encoded bytes, numpy array (HxW, HxWx1, HxWx3, HxWx4) | an RGB image, by the rules below |
+| `text` | a string with at least one visible character | as is, always as plain text (see below) |
 | `bbox` | `[x1, y1, x2, y2]` or a list of them | pixels of the **nearest preceding image**, original size; `0 <= x1 < x2 <= width`, `0 <= y1 < y2 <= height` |
 | `coords` | `(lat, lon)` or `{{"lat": .., "lon": ..}}` | WGS84 degrees, **latitude first**; lat in [-90, 90], lon in [-180, 180] |
 
@@ -100,11 +100,27 @@ a harbour<|im_end|>
 <|endoftext|>
 ```
 
+What each kind of input becomes:
+
+| input | becomes |
+|---|---|
+| 8-bit image in any PIL mode (RGB, L, 1, P, CMYK, YCbCr, ...) | RGB exactly as transformers' Qwen2-VL image processor converts it (pixel values tested equal for every mode) |
+| transparency (RGBA, LA, PA, palette or colour-key `transparency`, HxWx4 `uint8` array) | composited onto **white**, as transformers' image processor does (not dropped) |
+| file path or bytes with an EXIF orientation | turned upright first, as transformers' `load_image` does; boxes refer to the upright image. A PIL image object is used as given |
+| 16-bit or wider data (16-bit PNG/TIFF/JPEG2000, PIL modes `I;16`/`I`/`F`, integer arrays) | `image_scale="auto"` (default): each band stretched linearly from its 2nd to 98th percentile to 0–255 (the GeoTIFF tiler's stretch); `image_scale=(low, high)`: that fixed range for every image (consistent radiometry across tiles, e.g. `(0, 3000)` for Sentinel-2 L2A); `image_scale=None`: refused. 16-bit RGB files are read with GDAL (rasterio) since PIL keeps only their high byte; without rasterio they are refused. transformers itself clips such images to white or black |
+| float array | intensities in [0, 1] (x 255, rounded); other ranges need `image_scale=(low, high)` |
+| more than 4 bands, 2 bands, a 4-band array wider than 8 bits | refused: select three bands (`vlm2geovec index build --bands` for rasters) |
+| text containing control tokens (`<|im_end|>`, `<|image_pad|>`, ...) | plain characters, never chat-template tokens |
+| text longer than the token budget | cut at the end so the item fits `max_length` (default: the tokenizer's `model_max_length`, 32,768 for Qwen2-VL); images, boxes, coordinates and the chat frame are never cut |
+| a box narrower than one unit of the 0–1000 grid | rendered one unit wide (never a point) |
+
 Invalid input (a box outside its image or with x2 <= x1, a box with no image before it, latitude outside
-[-90, 90], NaN or inf anywhere, unknown keys, empty items, unreadable or truncated images) raises a
-`ValueError`/`TypeError` naming the item and field before any model work. Images are resized to the
-processor's pixel budget (`image_processor.size["longest_edge"]`); images above `max_image_pixels`
-({max_image_pixels:,} by default) are refused before decoding — tile them.
+[-90, 90], NaN, inf or numbers beyond float range, unknown keys, empty or invisible-only text, unreadable or
+truncated images, decompression bombs, aspect ratios above 200) raises a `ValueError`/`TypeError` naming the
+item and field before any model work; `SentenceTransformer.encode` checks (and decodes) every input first, so
+the index is the caller's own. Images are resized to the processor's pixel budget
+(`image_processor.size["longest_edge"]`); images above `max_image_pixels` ({max_image_pixels:,} by default)
+are refused before decoding — tile them.
 
 ## Embedding
 
