@@ -225,7 +225,7 @@ def check_image_scale(scale: Any, field: str = "image_scale") -> str | tuple[flo
 def stretch_to_uint8(
     array: np.ndarray, scale: str | tuple[float, float] = "auto", valid: np.ndarray | None = None
 ) -> np.ndarray:
-    """Map numeric pixels to uint8, per band: ``(x - low) / (high - low) * 255``, clipped, rounded half up.
+    """Map numeric pixels to uint8, per band: ``(x - low) * 255 / (high - low)``, clipped, rounded half up.
 
     Args:
         array: ``(H, W)`` or ``(H, W, bands)`` pixels of any numeric dtype.
@@ -253,7 +253,7 @@ def stretch_to_uint8(
         low, high = np.array(limits).T
     else:
         low, high = check_image_scale(scale, "scale")
-    out = np.clip((data - low) / (high - low) * 255.0, 0, 255)
+    out = np.clip((data - low) * (255.0 / (high - low)), 0.0, 255.0)
     out = np.floor(np.nan_to_num(out, nan=0.0) + 0.5).astype(np.uint8)
     return out[:, :, 0] if squeeze else out
 

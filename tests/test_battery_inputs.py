@@ -346,8 +346,9 @@ def test_wide_and_signed_arrays_are_stretched_or_read(processor, dtype):
         info = np.iinfo(dtype)
         array = rng.integers(max(info.min, -1000), min(info.max, 30000), (40, 50, 3)).astype(dtype)
         expected = np.stack([np.floor(np.clip((array[..., b] - np.percentile(array[..., b], 2))
-                                              / (np.percentile(array[..., b], 98) - np.percentile(array[..., b], 2))
-                                              * 255, 0, 255) + 0.5) for b in range(3)], -1).astype(np.uint8)
+                                              * (255.0 / (np.percentile(array[..., b], 98)
+                                                          - np.percentile(array[..., b], 2))), 0, 255) + 0.5)
+                             for b in range(3)], -1).astype(np.uint8)
     got = processor(items=[array])["pixel_values"]
     assert torch.equal(got, processor(items=[Image.fromarray(expected)])["pixel_values"])
     record_correct()

@@ -209,7 +209,7 @@ def _percentile_stretch(array):
     for band in range(data.shape[2]):
         low, high = np.percentile(data[:, :, band], [2, 98])
         high = high if high > low else low + 1
-        out[:, :, band] = np.floor(np.clip((data[:, :, band] - low) / (high - low) * 255, 0, 255) + 0.5)
+        out[:, :, band] = np.floor(np.clip((data[:, :, band] - low) * (255.0 / (high - low)), 0, 255) + 0.5)
     return np.repeat(out, 3, axis=2) if out.shape[2] == 1 else out
 
 
@@ -255,7 +255,7 @@ def test_fixed_scale_and_refusal(processor, landsat_rgb, tmp_path):
     fixed = copy.deepcopy(processor)
     fixed.image_scale = [5000, 15000]
     image = load_image(landsat_rgb, image_scale=(5000, 15000))
-    expected = np.floor(np.clip((landsat_rgb.astype(np.float64) - 5000) / 10000 * 255, 0, 255) + 0.5).astype(np.uint8)
+    expected = np.floor(np.clip((landsat_rgb.astype(np.float64) - 5000) * (255.0 / 10000), 0, 255) + 0.5).astype(np.uint8)
     assert np.array_equal(np.asarray(image), expected)
     assert torch.equal(fixed(items=[{"image": landsat_rgb}])["pixel_values"],
                        processor(items=[{"image": Image.fromarray(expected)}])["pixel_values"])
