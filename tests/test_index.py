@@ -148,7 +148,7 @@ def test_build_index_from_items_with_nano_model(nano_dir, tmp_path):
     meta = [{"id": f"item-{i}", "source": "test", "window": None, "lat": None, "lon": None} for i in range(len(items))]
     index = build_index_from_items(model, items, meta, batch_size=4)
     assert len(index) == len(items) and index.kind == "exact"
-    assert index.fingerprint and index.fingerprint.startswith("sha256:")
+    assert index.fingerprint and index.fingerprint.startswith("weights-sha256:")
     query = model.encode([items[2]], convert_to_numpy=True)
     scores, ids, metas = index.search(query, k=3)
     assert ids[0, 0] == 2 and metas[0][0]["id"] == "item-2" and scores[0, 0] == pytest.approx(1.0, abs=1e-3)
@@ -237,3 +237,40 @@ def test_large_restrictions_go_through_the_faiss_selector(monkeypatch, kind):
     _, ref_local = brute_force(vectors[allowed], queries, 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ids.tolist(), allowed[ref_local].tolist())])
     assert recall == 1.0 if kind == "ivf" else recall >= 0.95
+
+
+def test_model_fingerprint_covers_every_weight_byte(nano_model):
+    """One changed value anywhere (here the last element of the largest tensor, far past any sampled prefix)
+    changes the fingerprint; dtype and names count too; bfloat16 weights hash without a float copy."""
+    import torch
+
+    from vlm2geovec.index import model_fingerprint
+
+    before = model_fingerprint(nano_model)
+    assert model_fingerprint(nano_model) == before  # deterministic
+    name, tensor = max(nano_model.state_dict().items(), key=lambda kv: kv[1].numel())
+    with torch.no_grad():
+        tensor.view(-1)[-1] += 1e-3
+    changed = model_fingerprint(nano_model)
+    assert changed != before
+    with torch.no_grad():
+        tensor.view(-1)[-1] -= 1e-3
+    assert model_fingerprint(nano_model) == before  # the same bytes again, the same fingerprint
+
+    class Weights:
+        def __init__(self, state):
+            self.state = state
+
+        def state_dict(self):
+            return self.state
+
+    base = {"a": torch.arange(40, dtype=torch.float32).reshape(5, 8), "b": torch.zeros(0)}
+    reference = model_fingerprint(Weights(base))
+    assert model_fingerprint(Weights({**base, "a": base["a"].to(torch.bfloat16)})) != reference
+    assert model_fingerprint(Weights({"c": base["a"], "b": base["b"]})) != reference  # names
+    assert model_fingerprint(Weights({**base, "a": base["a"].reshape(8, 5)})) != reference  # shapes
+    assert model_fingerprint(Weights({**base, "a": base["a"].t().contiguous().t()})) == reference  # layout: no
+    bf16 = base["a"].to(torch.bfloat16).clone()
+    bf16_before = model_fingerprint(Weights({"a": bf16}))
+    bf16[4, 7] = 1.0
+    assert model_fingerprint(Weights({"a": bf16})) != bf16_before
