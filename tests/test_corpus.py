@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -340,3 +342,90 @@ def test_cli_builds_the_index_once_with_the_requested_kind(nano_dir, corpus_json
     assert kinds == ["hnsw"]
     loaded = VectorIndex.load(tmp_path / "i")
     assert loaded.kind == "hnsw" and loaded.params["M"] == 8 and loaded.params["ef_search"] == 32
+
+
+class CountingModel:
+    """A model whose encode calls are counted (items per call), to see which chunks were embedded again."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode(self, items, **kwargs):
+        self.calls.append(list(items))
+        return self.model.encode(items, **kwargs)
+
+
+def test_an_edited_line_re_embeds_only_its_chunk(model, corpus_jsonl, tmp_path, capsys):
+    """Same line count, one line edited: the rebuilt index holds the edited item's vector (equal to encoding it
+    directly), and only the chunk holding that line is embedded again."""
+    folder = tmp_path / "corpus"
+    shutil.copytree(corpus_jsonl.parent, folder)
+    items = folder / "items.jsonl"
+    first = build_corpus_index(model, open_source(items), tmp_path / "idx", chunk_size=3, show_progress_bar=False)
+    lines = items.read_text().splitlines()
+    lines[4] = json.dumps("an airport with two runways")  # position 4: chunk 1 of 3
+    items.write_text("\n".join(lines) + "\n")
+    counting = CountingModel(model)
+    rebuilt = build_corpus_index(counting, open_source(items), tmp_path / "idx", chunk_size=3, show_progress_bar=True)
+    assert len(counting.calls) == 1 and "an airport with two runways" in counting.calls[0]
+    assert re.search(r"re-embedding chunk 1 \(.*items.jsonl:4 \.\.\.\): its input changed", capsys.readouterr().err)
+    direct = model.encode(["an airport with two runways"], convert_to_numpy=True, normalize_embeddings=True)[0]
+    vectors = vectors_of(VectorIndex.load(tmp_path / "idx"))
+    np.testing.assert_allclose(vectors[4], direct, atol=1e-5)
+    np.testing.assert_allclose(np.delete(vectors, 4, axis=0), np.delete(vectors_of(first), 4, axis=0), atol=1e-6)
+    assert not np.allclose(vectors[4], vectors_of(first)[4], atol=1e-3)
+    assert rebuilt.metadata == first.metadata
+    # an untouched input: nothing is embedded again
+    counting.calls.clear()
+    build_corpus_index(counting, open_source(items), tmp_path / "idx", chunk_size=3, show_progress_bar=False)
+    assert counting.calls == []
+    # a replaced image file (same JSONL bytes) re-embeds the chunks that show it
+    make_image(64, 64, seed=99).save(folder / "tile3.png")
+    build_corpus_index(counting, open_source(items), tmp_path / "idx", chunk_size=3, show_progress_bar=False)
+    assert len(counting.calls) == 1 and counting.calls[0][0] == {"image": str(folder / "tile3.png")}
+
+
+def test_an_edited_dataset_row_re_embeds_only_its_chunk(model, tmp_path):
+    import datasets
+
+    texts = [f"field number {i}" for i in range(7)]
+    datasets.Dataset.from_dict({"id": [f"r{i}" for i in range(7)], "text": texts}).save_to_disk(tmp_path / "a")
+    build_corpus_index(model, open_source(tmp_path / "a"), tmp_path / "idx", chunk_size=3, show_progress_bar=False)
+    texts[6] = "a flooded quarry"
+    datasets.Dataset.from_dict({"id": [f"r{i}" for i in range(7)], "text": texts}).save_to_disk(tmp_path / "b")
+    (tmp_path / "a").rename(tmp_path / "old")
+    (tmp_path / "b").rename(tmp_path / "a")  # same input path, one row edited
+    counting = CountingModel(model)
+    index = build_corpus_index(counting, open_source(tmp_path / "a"), tmp_path / "idx", chunk_size=3,
+                               show_progress_bar=False)
+    assert counting.calls == [[{"text": "a flooded quarry"}]]
+    direct = model.encode([{"text": "a flooded quarry"}], convert_to_numpy=True, normalize_embeddings=True)[0]
+    np.testing.assert_allclose(vectors_of(index)[6], direct, atol=1e-5)
+
+
+def test_a_changed_raster_re_embeds_its_chunks(model, neon_tif, tmp_path):
+    raster = tmp_path / "scene.tif"
+    shutil.copy(neon_tif, raster)
+    build_corpus_index(model, open_source(raster, tile_size=100, stride=100), tmp_path / "idx", chunk_size=4,
+                       show_progress_bar=False)
+    with rasterio.open(raster, "r+") as data:  # one pixel block brighter: the file's bytes change
+        block = data.read(1, window=((0, 10), (0, 10)))
+        data.write(block + 1, 1, window=((0, 10), (0, 10)))
+    counting = CountingModel(model)
+    source = open_source(raster, tile_size=100, stride=100)
+    index = build_corpus_index(counting, source, tmp_path / "idx", chunk_size=4, show_progress_bar=False)
+    assert sum(len(c) for c in counting.calls) == len(source)  # the raster's identity is in every chunk
+    direct = model.encode([t.image for t in source.tiler], convert_to_numpy=True, normalize_embeddings=True)
+    np.testing.assert_allclose(vectors_of(index), direct, atol=1e-5)
+
+
+def test_progress_in_a_log_is_one_plain_display(model, corpus_jsonl, tmp_path, capsys):
+    """stderr is not a terminal (capsys): a line per update instead of tqdm redraws; the per-chunk encode shows
+    no bar of its own."""
+    build_corpus_index(model, open_source(corpus_jsonl), tmp_path / "idx", chunk_size=3, show_progress_bar=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "embedding: 8/8 pos (100%)" in err
+    assert not re.search(r"\d+%\|", err)

@@ -18,6 +18,7 @@ instruction, so a resumed or sharded run cannot mix in chunks made from other in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -53,19 +54,30 @@ def _resolve_image_paths(item: Any, base: Path) -> Any:
     return item
 
 
-def read_jsonl_records(path: str | os.PathLike) -> list[Record]:
-    """Read one item per line; image paths are taken relative to the JSONL file's folder.
+def _image_paths(item: Any) -> list[str]:
+    """The file paths an item refers to (its images), for the chunk content digest."""
+    parts = item if isinstance(item, list) else [item]
+    return [p["image"] for p in parts if isinstance(p, dict) and isinstance(p.get("image"), str)]
 
-    A line is an item (a JSON string = text, an object with ``image``/``text``/``bbox``/``coords``, or an array of
-    parts), or ``{"item": <item>, ...}`` whose other keys are the line's metadata (e.g. ``id``, ``lat``, ``lon``).
-    Metadata defaults to ``{"id": <line number>}``, plus ``lat``/``lon`` when the item has ``coords``.
-    """
-    path = Path(path)
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+
+def _read_jsonl(path: Path) -> tuple[list[Record], list[bytes], list[int]]:
+    """Records, the raw bytes of their lines and their line numbers. Every problem names ``path:line``."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a JSONL file")
+    records, raw_lines, line_numbers = [], [], []
+    blank = None
+    with open(path, "rb") as handle:  # bytes: a non-UTF-8 line is named, and its bytes feed the chunk digest
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{line_no}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                                 f"{error.start + 1}); save the file as UTF-8") from None
             if not line.strip():
+                blank = blank or line_no
                 continue
+            if blank is not None:  # skipping it would shift every later output row off its line
+                raise ValueError(f"{path}:{blank}: blank line; one item per line, no gaps (remove the line)")
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as error:
@@ -75,16 +87,35 @@ def read_jsonl_records(path: str | os.PathLike) -> list[Record]:
             else:
                 item, meta = value, {}
             if not isinstance(item, (str, dict, list)):
-                raise ValueError(f"{path}:{line_no}: expected a string, an object or an array, got {type(item).__name__}")
+                raise ValueError(f"{path}:{line_no}: expected an item (a string, an object or an array), got "
+                                 f"{type(item).__name__} {json.dumps(item)[:60]}")
+            try:  # the line's own metadata, checked now: before any chunk is embedded
+                validate_metadata([meta], 1)
+            except ValueError as error:
+                raise ValueError(f"{path}:{line_no}: {str(error).replace('metadata[0]', 'metadata')}") from None
             meta.setdefault("id", line_no)
             coords = item.get("coords") if isinstance(item, dict) else None
-            if isinstance(coords, (list, tuple)) and len(coords) == 2:
+            if isinstance(coords, (list, tuple)) and len(coords) == 2:  # (checked with the item, as item.coords)
                 meta.setdefault("lat", coords[0])
                 meta.setdefault("lon", coords[1])
             records.append((_resolve_image_paths(item, path.parent), meta))
+            raw_lines.append(raw.rstrip(b"\r\n"))
+            line_numbers.append(line_no)
     if not records:
-        raise ValueError(f"{path}: no items")
-    return records
+        raise ValueError(f"{path}: no items (the file is empty)")
+    return records, raw_lines, line_numbers
+
+
+def read_jsonl_records(path: str | os.PathLike) -> list[Record]:
+    """Read one item per line; image paths are taken relative to the JSONL file's folder.
+
+    A line is an item (a JSON string = text, an object with ``image``/``text``/``bbox``/``coords``, or an array of
+    parts), or ``{"item": <item>, ...}`` whose other keys are the line's metadata (e.g. ``id``, ``lat``, ``lon``).
+    Metadata defaults to ``{"id": <line number>}``, plus ``lat``/``lon`` when the item has ``coords``, and is
+    validated here (``lat`` in -90..90 ...). A non-UTF-8 line, invalid JSON, a value that is not an item, bad
+    metadata, an empty file or a blank line between items is a ValueError naming ``path:line``.
+    """
+    return _read_jsonl(Path(path))[0]
 
 
 def read_items_jsonl(path: str | os.PathLike) -> list[Any]:
@@ -92,20 +123,72 @@ def read_items_jsonl(path: str | os.PathLike) -> list[Any]:
     return [item for item, _ in read_jsonl_records(path)]
 
 
+def _update_digest(digest, value: Any) -> None:
+    """Feed a JSON-like value (bytes included) into a hash, unambiguously and independent of dict order."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        digest.update(b"b%d:" % len(value))
+        digest.update(value)
+    elif isinstance(value, dict):
+        digest.update(b"{%d" % len(value))
+        for key in sorted(value, key=str):
+            _update_digest(digest, str(key))
+            _update_digest(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[%d" % len(value))
+        for entry in value:
+            _update_digest(digest, entry)
+    else:
+        text = json.dumps(value, default=repr).encode()
+        digest.update(b"v%d:" % len(text))
+        digest.update(text)
+
+
+def _file_identity(path: str) -> list:
+    """Size and modification time of a file an item refers to (reading every image on each resume would cost as
+    much I/O as embedding them): a replaced image counts as a changed input."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [path, None]
+    return [path, stat.st_size, stat.st_mtime_ns]
+
+
 @dataclass
 class JsonlSource:
     path: str
     records: list[Record] = field(repr=False)
+    lines: list[bytes] = field(repr=False, default_factory=list)
+    line_numbers: list[int] = field(repr=False, default_factory=list)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "JsonlSource":
-        return cls(str(path), read_jsonl_records(path))
+        return cls(str(path), *_read_jsonl(Path(path)))
 
     def __len__(self) -> int:
         return len(self.records)
 
     def describe(self) -> dict:
         return {"type": "jsonl", "input": os.path.abspath(self.path), "positions": len(self)}
+
+    def where(self, position: int) -> str:
+        return f"{self.path}:{self.line_numbers[position]}" if self.line_numbers else f"{self.path}: item {position + 1}"
+
+    def check_items(self, max_image_pixels: int | None = None) -> None:
+        """Validate every item (images: header only) so a bad line 9,000 fails in a second, not after an hour of
+        encoding; errors name ``path:line``."""
+        from processing_vlm2geovec import normalize_item
+
+        extra = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
+        for position, (item, _) in enumerate(self.records):
+            normalize_item(item, f"{self.where(position)}: item", decode_images=False, **extra)
+
+    def chunk_digest(self, start: int, stop: int) -> str:
+        """sha256 of the chunk's line bytes and of its image files' identity (size, modification time)."""
+        digest = hashlib.sha256()
+        for position in range(start, min(stop, len(self))):
+            _update_digest(digest, self.lines[position] if self.lines else json.dumps(self.records[position][0]))
+            _update_digest(digest, [_file_identity(p) for p in _image_paths(self.records[position][0])])
+        return digest.hexdigest()
 
     def read(self, start: int, stop: int) -> Iterator[Record]:
         for item, meta in self.records[start:stop]:
@@ -143,8 +226,20 @@ class DatasetSource:
         return len(self.dataset)
 
     def describe(self) -> dict:
-        return {"type": "dataset", "input": self.name, "positions": len(self), "item_columns": list(self.item_columns),
-                "fingerprint": getattr(self.dataset, "_fingerprint", None)}
+        # the rows' content is checked per chunk (`chunk_digest`): an edited row re-embeds its chunk only
+        return {"type": "dataset", "input": self.name, "positions": len(self), "item_columns": list(self.item_columns)}
+
+    def where(self, position: int) -> str:
+        return f"{self.name}: row {position}"
+
+    def chunk_digest(self, start: int, stop: int) -> str:
+        """sha256 of the chunk's rows as stored (image bytes, not decoded pixels) in the columns that make them."""
+        columns = [*self.item_columns, *([self.id_column] if self.id_column else []),
+                   *[c for c in ("lat", "lon") if c in self.dataset.column_names and c not in self.item_columns]]
+        table = self.dataset.select_columns(columns).with_format("arrow")[start:min(stop, len(self))]
+        digest = hashlib.sha256()
+        _update_digest(digest, table.to_pylist())
+        return digest.hexdigest()
 
     def read(self, start: int, stop: int) -> Iterator[Record]:
         from rsmeb_eval.schema import row_to_item
@@ -180,6 +275,34 @@ class RasterSource:
                 "stride": t.stride, "bands": list(t.bands), "max_nodata": t.max_nodata, "edge": t.edge,
                 "scale": None if t.scale is None else t.scale.tolist(), "embed_coords": self.embed_coords}
 
+    def where(self, position: int) -> str:
+        return f"{self.tiler.path}: tile {position} (window {list(self.tiler.window(position))})"
+
+    def raster_digest(self) -> str:
+        """sha256 of every file GDAL reads for the raster (a .tif, or a .vrt and its sources), computed once per
+        run; remote rasters are known by their address only."""
+        from vlm2geovec.geotiff import is_remote
+
+        if getattr(self, "_raster_digest", None) is None:
+            digest = hashlib.sha256()
+            files = list(getattr(self.tiler._dataset, "files", None) or [self.tiler.path])
+            for name in sorted(files):
+                _update_digest(digest, os.path.basename(name))
+                if is_remote(name) or not os.path.isfile(name):
+                    _update_digest(digest, name)
+                    continue
+                with open(name, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 24), b""):
+                        digest.update(block)
+            self._raster_digest = digest.hexdigest()
+        return self._raster_digest
+
+    def chunk_digest(self, start: int, stop: int) -> str:
+        """sha256 of the raster's content and of the chunk's pixel windows."""
+        digest = hashlib.sha256(self.raster_digest().encode())
+        _update_digest(digest, [list(self.tiler.window(p)) for p in range(start, min(stop, len(self)))])
+        return digest.hexdigest()
+
     def read(self, start: int, stop: int) -> Iterator[Record]:
         for tile in self.tiler.tiles(start, stop):
             item = {"image": tile.image, "coords": (tile.lat, tile.lon)} if self.embed_coords else tile.image
@@ -196,6 +319,8 @@ def open_source(input: str | os.PathLike, *, split: str | None = None, config: s
     text = str(input)
     path = Path(text)
     if path.suffix.lower() == ".jsonl":
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {text}")
         return JsonlSource.open(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
         from vlm2geovec.geotiff import GeoTiffTiler
@@ -218,7 +343,16 @@ def open_source(input: str | os.PathLike, *, split: str | None = None, config: s
     else:
         if not path.exists() and path.suffix:
             raise FileNotFoundError(f"input not found: {text}")
-        loaded = datasets.load_dataset(text, config, split=split or "train")
+        if path.exists():
+            _check_parquet_files(path, config)
+        try:
+            if path.is_file() and path.suffix.lower() == ".parquet":
+                loaded = datasets.load_dataset("parquet", data_files=text, split="train")
+            else:
+                loaded = datasets.load_dataset(text, config, split=split or "train")
+        except Exception as error:  # datasets raises many types (DatasetGenerationError, ArrowInvalid, ...)
+            reason = (str(error).strip().splitlines() or [""])[0][:300]
+            raise ValueError(f"{text}: cannot load it as a dataset ({type(error).__name__}: {reason})") from None
         name = ":".join(x for x in (text, config, split or "train") if x)
     return DatasetSource.open(loaded, name, item_columns)
 
@@ -226,6 +360,23 @@ def open_source(input: str | os.PathLike, *, split: str | None = None, config: s
 # --------------------------------------------------------------------------------------------------------------
 # Chunked, sharded, resumable embedding
 # --------------------------------------------------------------------------------------------------------------
+
+def _check_parquet_files(path: Path, config: str | None) -> None:
+    """Read the footer of every parquet file the dataset may use, so a truncated one is named (datasets' own
+    error does not say which file)."""
+    import pyarrow.parquet as pq
+
+    if path.is_file():
+        files = [path] if path.suffix.lower() == ".parquet" else []
+    else:
+        under = path / "data" / config if config and (path / "data" / config).is_dir() else path
+        files = sorted(under.rglob("*.parquet"))
+    for file in files:
+        try:
+            pq.ParquetFile(file).close()
+        except Exception as error:  # pyarrow: ArrowInvalid / OSError for truncated or foreign files
+            raise ValueError(f"{file}: not a readable parquet file ({str(error).strip()[:200]})") from None
+
 
 def parse_shard(value: str | tuple[int, int] | None) -> tuple[int, int]:
     """``"i/n"`` (0 <= i < n), ``"auto"`` (torchrun/accelerate: RANK/WORLD_SIZE) or None (one shard) -> (i, n)."""
@@ -253,51 +404,172 @@ def _chunk_path(parts: Path, chunk: int) -> Path:
     return parts / f"chunk-{chunk:06d}.npz"
 
 
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                         "delete the folder to start over") from None
+
+
 def _check_manifest(parts: Path, manifest: dict) -> None:
     """Write the manifest, or check that an existing one (an earlier or parallel run) describes the same work."""
     path = parts / MANIFEST_FILE
     if path.is_file():
-        existing = json.loads(path.read_text(encoding="utf-8"))
+        existing = _load_json(path)
+        if not isinstance(existing, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(existing).__name__}")
         if existing != manifest:
             diff = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k))
-            raise ValueError(f"{parts} holds chunks of different work (differs in {', '.join(diff)}): use another "
-                             "--out, or delete that folder to start over")
+            why = ("; its chunks were embedded by another model (weights fingerprint differs)"
+                   if "model_fingerprint" in diff else "")
+            raise ValueError(f"{parts} holds chunks of different work (differs in {', '.join(diff)}){why}: use "
+                             "another --out, or delete that folder to start over")
         return
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                                   encoding="utf-8"))
 
 
 def _read_manifest(parts: Path) -> dict:
+    if not parts.parent.is_dir():
+        raise FileNotFoundError(f"index folder not found: {parts.parent} (no such folder)")
     if not (parts / MANIFEST_FILE).is_file():
         raise FileNotFoundError(f"{parts} has no {MANIFEST_FILE}: nothing was embedded into {parts.parent} yet")
-    return json.loads((parts / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = _load_json(parts / MANIFEST_FILE)
+    chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 0:
+        raise ValueError(f"{parts / MANIFEST_FILE}: field 'chunks' must be a non-negative integer; got {chunks!r}")
+    for key in ("source", "model_fingerprint", "instruction"):
+        if key not in manifest:
+            raise ValueError(f"{parts / MANIFEST_FILE}: field {key!r} is missing")
+    return manifest
+
+
+def _read_chunk(path: Path) -> tuple[np.ndarray, list[dict], str | None]:
+    """(vectors, metadata, content digest or None) of a chunk file; a damaged file is a ValueError naming it."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            vectors, metadata_text = data["vectors"], data["metadata"]
+            content = str(data["content"]) if "content" in data.files else None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: unreadable chunk file ({type(error).__name__}: {error}); delete it and run "
+                         "`index build` again to re-embed it") from None
+    try:
+        metadata = json.loads(metadata_text.item())
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: its metadata is not valid JSON ({error}); delete it and run `index build` "
+                         "again to re-embed it") from None
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+        raise ValueError(f"{path}: vectors must be a 2-D float array; got {vectors.dtype} {vectors.shape}")
+    if not isinstance(metadata, list) or len(metadata) != len(vectors):
+        raise ValueError(f"{path}: {len(vectors)} vectors but "
+                         f"{len(metadata) if isinstance(metadata, list) else 'no list of'} metadata entries")
+    return vectors, metadata, content
+
+
+def _stored_digest(path: Path) -> tuple[str | None, str | None]:
+    """(content digest, None) of a finished chunk, or (None, why it must be embedded again)."""
+    try:
+        content = _read_chunk(path)[2]
+    except ValueError as error:
+        return None, str(error).split("; delete it")[0]
+    if content is None:
+        return None, f"{path.name} was written without a content digest (an older vlm2geovec)"
+    return content, None
+
+
+class _LogProgress:
+    """Progress for logs (stderr not a terminal): a plain line at most every `every` seconds and at the end,
+    instead of tqdm's carriage-return redraws, which pile up into one unreadable line in a file."""
+
+    def __init__(self, total: int, desc: str, unit: str, every: float = 30.0):
+        import time
+
+        self.total, self.desc, self.unit, self.every, self.n = total, desc, unit, every, 0
+        self._clock = time.monotonic
+        self._start = self._last = self._clock()
+
+    def write(self, message: str, file=None) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = self._clock()
+        if now - self._last >= self.every or self.n >= self.total:
+            self._last = now
+            rate = self.n / max(now - self._start, 1e-9)
+            share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+            print(f"{self.desc}: {self.n}/{self.total} {self.unit}{share}, {rate:.1f} {self.unit}/s", file=sys.stderr,
+                  flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def progress(total: int, desc: str, unit: str = "pos", enabled: bool = True):
+    """One progress display for long work: a tqdm bar on a terminal, periodic plain lines in a log file."""
+    from tqdm.auto import tqdm
+
+    if enabled and not sys.stderr.isatty():
+        return _LogProgress(total, desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled)
 
 
 def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[int, int] | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 16, instruction: str | None = None,
                  show_progress_bar: bool = True) -> list[int]:
-    """Embed this shard's chunks of `source` into ``<out>/parts`` (skipping chunks already there); return the
-    chunk numbers written now."""
-    from tqdm.auto import tqdm
+    """Embed this shard's chunks of `source` into ``<out>/parts``; return the chunk numbers written now.
 
+    Each chunk file records a content digest of the input it covers (`chunk_digest`: JSONL line bytes and image
+    file identity; dataset rows as stored; the raster's bytes and the tile windows). A chunk already there is
+    kept only when its digest matches the input now: a chunk whose input was edited since (same line count, so
+    the same manifest), an unreadable chunk file, or one without a digest is **embedded again**, and a line on
+    stderr names it. A changed model, instruction, chunk size or position count is refused by the manifest.
+    """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     index, count = parse_shard(shard)
     parts = Path(out) / PARTS_DIR
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file, not an index folder")
     parts.mkdir(parents=True, exist_ok=True)
     chunks = chunk_count(source, chunk_size)
     _check_manifest(parts, {"source": source.describe(), "chunk_size": chunk_size,
                             "model_fingerprint": model_fingerprint(model), "instruction": instruction, "chunks": chunks})
     mine = [c for c in range(chunks) if c % count == index]
-    todo = [c for c in mine if not _chunk_path(parts, c).is_file()]
+    todo, notes = [], []
+    digests = {}
+    for c in mine:
+        digests[c] = source.chunk_digest(c * chunk_size, (c + 1) * chunk_size)
+        path = _chunk_path(parts, c)
+        if not path.is_file():
+            todo.append(c)
+            continue
+        stored, why = _stored_digest(path)
+        if stored == digests[c]:
+            continue
+        todo.append(c)
+        first = source.where(c * chunk_size)
+        notes.append(f"re-embedding chunk {c} ({first} ...): " +
+                     (why or f"its input changed since {path.name} was written"))
     total = sum(min(len(source), (c + 1) * chunk_size) - c * chunk_size for c in todo)
     written = []
     empty = np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)  # a chunk whose positions were all skipped
     desc = f"embedding shard {index}/{count}" if count > 1 else "embedding"
-    with tqdm(total=total, desc=desc, unit="pos", disable=not show_progress_bar) as bar:
-        if len(todo) < len(mine):
-            bar.write(f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already embedded in {parts}",
-                      file=sys.stderr)
+    # one display: the chunk-level bar; each chunk's encode runs without its own bar
+    with progress(total, desc, enabled=show_progress_bar) as bar:
+        kept = len(mine) - len(todo)
+        if kept:
+            bar.write(f"resuming: {kept} of {len(mine)} chunks already embedded in {parts}", file=sys.stderr)
+        for note in notes:
+            bar.write(note, file=sys.stderr)
         for chunk in todo:
             start, stop = chunk * chunk_size, min(len(source), (chunk + 1) * chunk_size)
             records = list(source.read(start, stop))
@@ -311,7 +583,8 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
             metadata = validate_metadata([meta for _, meta in records], len(records))
             vectors = np.asarray(vectors, dtype=np.float32)
             atomic_write(_chunk_path(parts, chunk), lambda tmp: np.savez(
-                tmp, vectors=vectors, metadata=np.array(json.dumps(metadata, ensure_ascii=False))))
+                tmp, vectors=vectors, metadata=np.array(json.dumps(metadata, ensure_ascii=False)),
+                content=np.array(digests[chunk])))
             written.append(chunk)
             bar.update(stop - start)
     return written
@@ -329,7 +602,8 @@ def _locate_error(error: Exception, records: list[Record], source) -> Exception:
 
 
 def merge_parts(out: str | os.PathLike) -> tuple[np.ndarray, list[dict], dict]:
-    """All chunks of ``<out>/parts`` in order: (vectors, metadata, manifest). Fails if any chunk is missing."""
+    """All chunks of ``<out>/parts`` in order: (vectors, metadata, manifest). Fails if any chunk is missing or
+    damaged (naming it). Chunk contents were checked against the input by the `embed_chunks` run that kept them."""
     parts = Path(out) / PARTS_DIR
     manifest = _read_manifest(parts)
     missing = [c for c in range(manifest["chunks"]) if not _chunk_path(parts, c).is_file()]
@@ -339,9 +613,15 @@ def merge_parts(out: str | os.PathLike) -> tuple[np.ndarray, list[dict], dict]:
                          "run the missing shards (or `index build` without --shard) first")
     vectors, metadata = [], []
     for chunk in range(manifest["chunks"]):
-        with np.load(_chunk_path(parts, chunk)) as data:
-            vectors.append(data["vectors"])
-            metadata += json.loads(data["metadata"].item())
+        path = _chunk_path(parts, chunk)
+        chunk_vectors, chunk_metadata, _ = _read_chunk(path)
+        if vectors and chunk_vectors.shape[1] != vectors[0].shape[1]:
+            raise ValueError(f"{path}: vectors of dimension {chunk_vectors.shape[1]}, but earlier chunks have "
+                             f"{vectors[0].shape[1]}")
+        vectors.append(chunk_vectors)
+        metadata += chunk_metadata
+    if not vectors:
+        raise ValueError(f"{out}: the manifest lists no chunks: nothing to index")
     return np.concatenate(vectors), metadata, manifest
 
 
