@@ -43,27 +43,31 @@ class TaskData:
                 raise ValueError(f"{where}: duplicate candidates")
 
 
-def _png_bytes(image: Any) -> dict[str, Any] | None:
+def _png_bytes(image: Any, field: str = "image") -> dict[str, Any] | None:
     """Images are stored as PNG bytes (lossless, deterministic), whatever they came in as."""
     if image is None:
         return None
-    from PIL import Image
+    from processing_vlm2geovec import load_image
 
     if isinstance(image, dict):
         return image
-    if isinstance(image, (str, os.PathLike)):
-        image = Image.open(image)
+    # the model's own conversion (transparency onto white, EXIF orientation, 16-bit stretch): what is stored is
+    # what the model would have seen
+    image = load_image(image, field)
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
     return {"bytes": buffer.getvalue(), "path": None}
 
 
 def _prepare(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, list[Any]]:
     table = {column: [] for column in columns}
-    for row in rows:
+    for index, row in enumerate(rows):
         for column in columns:
             value = row.get(column)
-            table[column].append(_png_bytes(value) if column == "image" else value)
+            if column == "image":
+                name = row.get("query_id") or row.get("id") or row.get("candidate_id")
+                value = _png_bytes(value, f"row {index}{f' ({name})' if name else ''}.image")
+            table[column].append(value)
     return table
 
 
