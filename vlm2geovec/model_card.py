@@ -113,6 +113,7 @@ What each kind of input becomes:
 | text containing control tokens (`<|im_end|>`, `<|image_pad|>`, ...) | plain characters, never chat-template tokens |
 | text longer than the token budget | cut at the end so the item fits `max_length` (default: the tokenizer's `model_max_length`, 32,768 for Qwen2-VL); images, boxes, coordinates and the chat frame are never cut |
 | a box narrower than one unit of the 0–1000 grid | rendered one unit wide (never a point) |
+| a truncated or corrupt file | refused, even where PIL's `LOAD_TRUNCATED_IMAGES` is set (transformers would embed the grey-filled remainder) |
 
 Invalid input (a box outside its image or with x2 <= x1, a box with no image before it, latitude outside
 [-90, 90], NaN, inf or numbers beyond float range, unknown keys, empty or invisible-only text, unreadable or
