@@ -45,14 +45,57 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_eval_args(args: argparse.Namespace) -> list[str] | None:
+    """Everything `rsmeb eval` can check before the model loads (minutes on a 2B model): task names, the data
+    folder and its task data, the model folder, the output folder, the batch size."""
+    from rsmeb_eval.dataset_io import has_task
+    from rsmeb_eval.registry import get_tasks
+    from vlm2geovec.cli import _check_out_folder, _positive, check_model_path
+
+    data = Path(args.data)
+    if not data.exists():
+        raise SystemExit(f"error: --data {args.data}: no such folder")
+    if not data.is_dir():
+        raise SystemExit(f"error: --data {args.data} is a file, not an RSMEB dataset folder")
+    known = [t.name for t in get_tasks()]
+    if args.tasks:
+        unknown = [name for name in args.tasks if name not in known]
+        if unknown:
+            raise SystemExit(f"error: --tasks: unknown RSMEB task(s) {', '.join(map(repr, unknown))}; see "
+                             "`vlm2geovec rsmeb tasks`")
+        missing = [name for name in args.tasks if not has_task(data, name)]
+        if missing:
+            raise SystemExit(f"error: --data {args.data} has no data for task(s) {', '.join(missing)} (expected "
+                             f"{data / 'data' / missing[0]}/)")
+    elif not any(has_task(data, name) for name in known):
+        raise SystemExit(f"error: --data {args.data}: no RSMEB task data found (expected data/<task>/<split>.parquet)")
+    for name in args.tasks or [n for n in known if has_task(data, n)]:
+        for config in (name, name + "-corpus"):
+            split_file = data / "data" / config / f"{args.split}.parquet"
+            if not split_file.is_file():
+                raise SystemExit(f"error: --data {args.data}: task {name} has no {args.split!r} split "
+                                 f"({split_file} is missing)")
+    _positive(args.batch_size, "--batch-size")
+    _check_out_folder(args.out)
+    if args.cache_dir:
+        _check_out_folder(args.cache_dir, "--cache-dir")
+    args.model = check_model_path(args.model)
+    return args.tasks or None
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rsmeb_eval.encoders import SentenceTransformerEncoder
     from rsmeb_eval.evaluator import evaluate
     from rsmeb_eval.report import write_report
 
-    encoder = SentenceTransformerEncoder(args.model, device=args.device)
+    tasks = _check_eval_args(args)
+    try:
+        encoder = SentenceTransformerEncoder(args.model, device=args.device)
+    except (OSError, ValueError, TypeError, KeyError, ImportError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise SystemExit(f"error: cannot load the model {args.model}: {reason}") from None
     cache_dir = None if args.no_cache else (args.cache_dir or str(Path(args.out) / "embedding_cache"))
-    results = evaluate(encoder, args.data, tasks=args.tasks or None, split=args.split, cache_dir=cache_dir,
+    results = evaluate(encoder, args.data, tasks=tasks, split=args.split, cache_dir=cache_dir,
                        batch_size=args.batch_size, show_progress_bar=not args.quiet)
     paths = write_report(results, args.out)
     print(Path(paths["markdown"]).read_text())

@@ -25,15 +25,22 @@ class Encoder(Protocol):
                show_progress_bar: bool = False) -> np.ndarray: ...
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
 def folder_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 over a checkpoint's config and weight files (content, not paths or dates)."""
+    """sha256 over every byte of every file of a checkpoint folder, subfolders included (weights, configs,
+    tokenizer, code), keyed by relative path; not dates. Only the model card (README.md) and hidden entries
+    (``.git``, ``.cache``) are left out: they do not change what the model computes."""
     path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != "README.md"
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
+        raise ValueError(f"{path}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) to fingerprint")
     digest = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".py", ".jinja"))
-    if not any(p.suffix == ".safetensors" for p in files):
-        raise ValueError(f"{path}: no .safetensors weights to fingerprint")
     for file in files:
-        digest.update(file.name.encode())
+        name = file.relative_to(path).as_posix().encode()
+        digest.update(b"%d:%s:%d;" % (len(name), name, file.stat().st_size))
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 24), b""):
                 digest.update(block)

@@ -49,18 +49,24 @@ def test_embed_matches_sentence_transformer(nano_dir, jsonl_dir, tmp_path, capsy
     assert "wrote 4 embeddings" in capsys.readouterr().out
 
 
-def test_embed_reports_bad_line_before_encoding(nano_dir, tmp_path):
+def test_embed_reports_bad_line_before_encoding(nano_dir, tmp_path, monkeypatch):
+    import vlm2geovec.cli as cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(cli, "_load_for_encoding", no_model)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('"fine"\n{"coords": [12.0, 200.0]}\n')
-    with pytest.raises(SystemExit, match=r"line item 2\.coords\.lon"):
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: item\.coords\.lon"):
         main(["embed", "--model", str(nano_dir), "--input", str(bad), "--out", str(tmp_path / "x.npy")])
     broken = tmp_path / "broken.jsonl"
     broken.write_text('"fine"\n{not json\n')
-    with pytest.raises(ValueError, match=r"broken.jsonl:2: not valid JSON"):
+    with pytest.raises(SystemExit, match=r"broken.jsonl:2: not valid JSON"):
         main(["embed", "--model", str(nano_dir), "--input", str(broken), "--out", str(tmp_path / "y.npy")])
     missing = tmp_path / "missing.jsonl"
-    missing.write_text('{"image": "nowhere.png"}\n')
-    with pytest.raises(SystemExit, match="image file not found"):
+    missing.write_text('"fine"\n{"image": "nowhere.png"}\n')
+    with pytest.raises(SystemExit, match="missing.jsonl:2: item.*image file not found"):
         main(["embed", "--model", str(nano_dir), "--input", str(missing), "--out", str(tmp_path / "z.npy")])
 
 

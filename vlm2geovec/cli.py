@@ -19,6 +19,58 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+def looks_local(path: str) -> bool:
+    """Whether a model/dataset argument can only mean a local path (never a Hub id ``org/name``): it starts with
+    ``.``, ``/`` or ``~``, is absolute, holds a backslash or more than one ``/``, or its first component is a local
+    folder."""
+    text = str(path)
+    if not text or text.startswith((".", "/", "~")) or os.path.isabs(text) or "\\" in text or text.count("/") > 1:
+        return True
+    return "/" in text and os.path.isdir(text.split("/")[0])
+
+
+def check_model_path(path: str, option: str = "--model") -> str:
+    """Refuse at once a model argument that names a local folder which is not there (instead of a long Hub retry)
+    or a file; return local folders as absolute resolved paths (usable from any directory), Hub ids as given."""
+    text = str(path)
+    expanded = os.path.expanduser(text)
+    if os.path.isdir(expanded):
+        if not any(os.path.isfile(os.path.join(expanded, name)) for name in ("modules.json", "config.json")):
+            raise SystemExit(f"error: {option} {text}: the folder holds no model (no modules.json or config.json)")
+        return str(Path(expanded).resolve())
+    if os.path.exists(expanded):
+        raise SystemExit(f"error: {option} {text} is a file, not a model folder")
+    if looks_local(text):
+        raise SystemExit(f"error: {option} {text}: no such folder")
+    return text
+
+
+def _check_out_file(path: str, option: str = "--out") -> Path:
+    out = Path(path)
+    if out.is_dir():
+        raise SystemExit(f"error: {option} {path} is a folder; give a file name")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise SystemExit(f"error: {option} {path}: {parent} is a file, not a folder")
+    return out
+
+
+def _check_out_folder(path: str, option: str = "--out") -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: {option} {path} is an existing file, not a folder")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise SystemExit(f"error: {option} {path}: {parent} is a file, not a folder")
+    return out
+
+
+def _positive(value: int, option: str) -> int:
+    if value < 1:
+        raise SystemExit(f"error: {option} must be a positive integer; got {value}")
+    return value
+
+
 def _cmd_nano(args: argparse.Namespace) -> int:
     from vlm2geovec.checkpoint import build_nano, save_checkpoint
     from vlm2geovec.model_card import render_model_card
@@ -61,10 +113,25 @@ def _add_preprocess_args(parser: argparse.ArgumentParser) -> None:
                         help="run them as threads (default) or spawned processes")
 
 
-def _load_for_encoding(args: argparse.Namespace, device: str | None):
-    from vlm2geovec import load_model
+def load_model_or_exit(path: str, device: str | None = None):
+    """`vlm2geovec.load_model` with a one-line error naming the model when it cannot be loaded."""
+    import vlm2geovec
 
-    model = load_model(args.model, device=device)
+    if not sys.stderr.isatty():  # in a log, the weight-loading bar would be carriage-return garbage
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        disable_progress_bars()
+        hf_logging.disable_progress_bar()
+    try:
+        return vlm2geovec.load_model(path, device=device)
+    except (OSError, ValueError, TypeError, KeyError, ImportError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise SystemExit(f"error: cannot load the model {path}: {reason}") from None
+
+
+def _load_for_encoding(args: argparse.Namespace, device: str | None):
+    model = load_model_or_exit(args.model, device=device)
     if args.preprocess_workers is not None:
         model[0].preprocess_workers = args.preprocess_workers
     if args.preprocess_backend is not None:
@@ -75,30 +142,58 @@ def _load_for_encoding(args: argparse.Namespace, device: str | None):
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vlm2geovec.corpus import read_items_jsonl
-    from processing_vlm2geovec import normalize_item
+    from vlm2geovec.corpus import JsonlSource
 
-    items = read_items_jsonl(args.input)
-    # Validate every line first so that a bad line 9,000 fails in a second, not after an hour of encoding.
-    for index, item in enumerate(items):
-        try:
-            normalize_item(item, f"{args.input}: line item {index + 1}", max_image_pixels=16_384**2)
-        except (ValueError, TypeError) as error:
-            raise SystemExit(f"error: {error}")
+    args.model = check_model_path(args.model)
+    _positive(args.batch_size, "--batch-size")
+    out = _check_out_file(args.out)
+    if not os.path.exists(args.input):
+        raise SystemExit(f"error: --input {args.input}: no such file")
+    try:
+        source = JsonlSource.open(args.input)
+        # Validate every line first (image headers only) so that a bad line 9,000 fails in a second, not after an
+        # hour of encoding.
+        source.check_items(max_image_pixels=16_384**2)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"error: {error}")
+    items = [item for item, _ in source.records]
     model = _load_for_encoding(args, args.device)
-    vectors = model.encode(
-        items,
-        batch_size=args.batch_size,
-        prompt=args.instruction,
-        prompt_name=args.prompt_name if args.instruction is None else None,
-        show_progress_bar=not args.quiet,
-        convert_to_numpy=True,
-    )
-    out = Path(args.out)
+    try:
+        vectors = encode_with_progress(model, items, lambda i: source.where(i), batch_size=args.batch_size,
+                                       prompt=args.instruction,
+                                       prompt_name=args.prompt_name if args.instruction is None else None,
+                                       show=not args.quiet)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, vectors.astype(np.float32))
     print(f"wrote {vectors.shape[0]} embeddings of dimension {vectors.shape[1]} to {out}")
     return 0
+
+
+def encode_with_progress(model, items: list, where, batch_size: int = 16, show: bool = True, **encode_kwargs):
+    """`model.encode(items)` with one progress display: sentence-transformers' bar on a terminal; in a log (stderr
+    not a terminal) slices of items with a plain progress line now and then. An item error is re-raised naming
+    the item by `where(position)` (e.g. its JSONL line)."""
+    import numpy as np
+
+    from vlm2geovec.corpus import progress
+
+    step = len(items) if sys.stderr.isatty() or not show else max(batch_size * 8, 64)
+    parts = []
+    with progress(len(items), "encoding", unit="items", enabled=show and step < len(items)) as bar:
+        for start in range(0, len(items), step):
+            block = items[start : start + step]
+            try:
+                parts.append(np.asarray(model.encode(block, batch_size=batch_size, convert_to_numpy=True,
+                                                     show_progress_bar=show and step == len(items), **encode_kwargs)))
+            except (ValueError, TypeError) as error:
+                match = re.match(r"^inputs\[(\d+)\](.*)$", str(error), re.S)
+                if not match or int(match.group(1)) >= len(block):
+                    raise ValueError(str(error)) from None
+                raise ValueError(f"{where(start + int(match.group(1)))}: item{match.group(2)}") from None
+            bar.update(len(block))
+    return np.concatenate(parts)
 
 
 def _index_params(args: argparse.Namespace) -> dict:
@@ -142,8 +237,12 @@ def _distributed_barrier() -> bool:
 
 
 def _cmd_index_build(args: argparse.Namespace) -> int:
-    from vlm2geovec.corpus import build_corpus_index, index_from_parts, open_source, parse_shard
+    from vlm2geovec.corpus import JsonlSource, build_corpus_index, index_from_parts, open_source, parse_shard
 
+    model_path = check_model_path(args.model)
+    _check_out_folder(args.out)
+    _positive(args.chunk_size, "--chunk-size")
+    _positive(args.batch_size, "--batch-size")
     params = _index_params(args)
     try:
         shard = parse_shard(args.shard)
@@ -153,17 +252,21 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
                              tile_size=args.tile_size, stride=args.stride, bands=_parse_numbers(args.bands, "--bands", int),
                              max_nodata=args.max_nodata, scale=None if scale == "none" else scale, edge=args.edge,
                              embed_coords=args.embed_coords)
-    except (ValueError, FileNotFoundError) as error:
+        if isinstance(source, JsonlSource):  # every line checked before the model loads
+            source.check_items()
+    except (ValueError, TypeError, OSError) as error:
         raise SystemExit(f"error: {error}")
     device = args.device
     if device is None and shard[1] > 1 and "LOCAL_RANK" in os.environ:
         import torch
 
         device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    args.model = model_path
     model = _load_for_encoding(args, device)
     try:
+        # the index records the model as an absolute path (local folders), so `search` works from any directory
         index = build_corpus_index(model, source, args.out, kind=args.kind, shard=shard, chunk_size=args.chunk_size,
-                                   batch_size=args.batch_size, instruction=args.instruction, model_name=args.model,
+                                   batch_size=args.batch_size, instruction=args.instruction, model_name=model_path,
                                    show_progress_bar=not args.quiet, **params)
         if index is None:  # one shard of several
             if args.shard != "auto" or "MASTER_ADDR" not in os.environ:
@@ -172,8 +275,8 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
                 return 0
             if not _distributed_barrier():  # torchrun/accelerate: rank 0 merges once every rank is done
                 return 0
-            index = index_from_parts(args.out, kind=args.kind, build_info={"model": args.model}, **params)
-    except ValueError as error:
+            index = index_from_parts(args.out, kind=args.kind, build_info={"model": model_path}, **params)
+    except (ValueError, TypeError) as error:
         raise SystemExit(f"error: {error}")
     print(f"wrote {index!r} to {args.out}")
     return 0
@@ -182,8 +285,10 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
 def _cmd_index_merge(args: argparse.Namespace) -> int:
     from vlm2geovec.corpus import index_from_parts
 
+    model = check_model_path(args.model) if args.model is not None else None
+    _check_out_folder(args.out)
     try:
-        index = index_from_parts(args.out, kind=args.kind, build_info={"model": args.model}, **_index_params(args))
+        index = index_from_parts(args.out, kind=args.kind, build_info={"model": model}, **_index_params(args))
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}")
     print(f"wrote {index!r} to {args.out}")
@@ -195,7 +300,7 @@ def _cmd_index_info(args: argparse.Namespace) -> int:
 
     try:
         print(json.dumps(VectorIndex.load(args.index).info(), indent=2))
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
     return 0
 
@@ -203,11 +308,12 @@ def _cmd_index_info(args: argparse.Namespace) -> int:
 def _cmd_index_export(args: argparse.Namespace) -> int:
     from vlm2geovec.index import VectorIndex
 
+    to = _check_out_file(args.to, "--to")
     try:
         index = VectorIndex.load(args.index)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
-    path = index.export_parquet(args.to)
+    path = index.export_parquet(to)
     print(f"wrote {len(index)} vectors of dimension {index.dim} with their metadata to {path}")
     return 0
 
@@ -238,11 +344,12 @@ def search_query_item(text: str | None = None, image: str | None = None, bbox: S
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from vlm2geovec import load_model
     from vlm2geovec.corpus import read_items_jsonl
-    from vlm2geovec.index import VectorIndex, model_fingerprint
+    from vlm2geovec.index import VectorIndex, fingerprint_mismatch
     from processing_vlm2geovec import normalize_item
 
+    _positive(args.k, "-k")
+    model_path = check_model_path(args.model) if args.model is not None else None
     try:
         index = VectorIndex.load(args.index)
         single = search_query_item(args.query, args.image, _parse_numbers(args.bbox, "--bbox", count=4),
@@ -250,6 +357,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                                    allow_none=args.queries is not None)
         if single is not None and args.queries is not None:
             raise ValueError("--queries FILE is a batch of queries: do not combine it with a single query")
+        if single is None and not os.path.isfile(args.queries):
+            raise ValueError(f"--queries {args.queries}: no such file")
         items = [single] if single is not None else read_items_jsonl(args.queries)
         for n, item in enumerate(items):
             normalize_item(item, "query" if single is not None else f"{args.queries}: query {n + 1}")
@@ -262,18 +371,24 @@ def _cmd_search(args: argparse.Namespace) -> int:
             allowed = index.ids_within(*_parse_numbers(args.region, "--region", count=4))
             if len(allowed) == 0:
                 raise ValueError(f"no indexed vector has coordinates inside the region {args.region} (S,W,N,E)")
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:
         raise SystemExit(f"error: {error}")
-    model_path = args.model or index.build_info.get("model")
-    if not model_path:
-        raise SystemExit("error: the index does not name its model: pass --model")
-    model = load_model(model_path, device=args.device)
-    if index.fingerprint and model_fingerprint(model) != index.fingerprint:
-        raise SystemExit(f"error: {model_path} is not the model this index was built with (weights fingerprint "
-                         f"differs): its vectors would not be comparable")
-    vectors = model.encode(items, prompt=args.instruction, convert_to_numpy=True, normalize_embeddings=True,
-                           show_progress_bar=len(items) > 1 and not args.json)
+    if model_path is None:
+        named = index.build_info.get("model")
+        if not named:
+            raise SystemExit(f"error: {args.index}/index.json names no model (field build.model): pass --model")
+        if looks_local(named) and not os.path.isdir(os.path.expanduser(named)):
+            raise SystemExit(f"error: {args.index}/index.json names the model {named}, which is not there (no such "
+                             "folder): pass --model")
+        model_path = check_model_path(named, option="the index's model")
+    model = load_model_or_exit(model_path, device=args.device)
+    mismatch = fingerprint_mismatch(index.fingerprint, model, model_path)
+    if mismatch:
+        raise SystemExit(f"error: {mismatch}")
     try:
+        vectors = encode_with_progress(model, items, lambda n: "query" if single is not None else
+                                       f"{args.queries}: query {n + 1}", show=len(items) > 1 and not args.json,
+                                       prompt=args.instruction, normalize_embeddings=True)
         scores, ids, metas = index.search(vectors, min(args.k, len(index)), allowed_ids=allowed)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
@@ -346,8 +461,16 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error ends in the same one ``error: ...`` line as every other CLI error."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlm2geovec", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="vlm2geovec", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     nano = sub.add_parser("nano", help="build the offline default: a small random Qwen2-VL-architecture embedder")
@@ -523,10 +646,25 @@ def _join_negative_number_lists(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import json as _json
+
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(_join_negative_number_lists(argv))
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # keep every error one `error:` line (the last line of stderr)
+            raise SystemExit(_one_line(stop.code)) from None
+        raise
+    except (ValueError, TypeError, OSError, _json.JSONDecodeError) as error:
+        # the last line of defence: every raise site names its file, line or field; never a traceback
+        message = _one_line(str(error)) or type(error).__name__
+        raise SystemExit(f"error: {message}") from None
 
 
 if __name__ == "__main__":
