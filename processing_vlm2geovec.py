@@ -496,7 +496,10 @@ def load_image(
     else:
         source, label = value, repr(os.fspath(value))
         if not os.path.isfile(value):
-            raise ValueError(f"{field}: image file not found: {label}")
+            where = os.fspath(value)
+            hint = ("; URLs and base64 strings are not fetched or decoded: download the file, or pass its bytes"
+                    if isinstance(where, str) and where.lower().startswith(("http://", "https://", "data:")) else "")
+            raise ValueError(f"{field}: image file not found: {label}{hint}")
     try:
         image = _open(source, field, label)
     except ValueError:
@@ -563,6 +566,18 @@ def _has_visible_character(text: str) -> bool:
     return any(not unicodedata.category(char).startswith(("Z", "Cc", "Cf")) for char in text)
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".jp2")
+
+
+def _refuse_image_path_as_text(text: str, field: str) -> None:
+    """A bare string is text; one that names an existing image file was almost surely meant as the image."""
+    if len(text) < 4096 and text.strip().lower().endswith(_IMAGE_SUFFIXES) and os.path.isfile(text.strip()):
+        raise ValueError(
+            f"{field}: this text is the path of an image file ({text.strip()!r}); a bare string is embedded as "
+            f"text: write {{'image': {text.strip()!r}}} to embed the image, or {{'text': ...}} to embed the name"
+        )
+
+
 def _boxes(value: Any, field: str) -> list[Any]:
     """A single box or a list of boxes -> list of boxes."""
     if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)) and len(value) > 0:
@@ -609,6 +624,7 @@ def normalize_item(
     """
     raw_parts: list[tuple[str, Any, str]] = []
     if isinstance(item, str):
+        _refuse_image_path_as_text(item, field)
         raw_parts.append(("text", item, field))
     elif _is_image_value(item):
         raw_parts.append(("image", item, field))
@@ -626,6 +642,7 @@ def normalize_item(
         for i, part in enumerate(item):
             part_field = f"{field}[{i}]"
             if isinstance(part, str):
+                _refuse_image_path_as_text(part, part_field)
                 raw_parts.append(("text", part, part_field))
             elif _is_image_value(part):
                 raw_parts.append(("image", part, part_field))

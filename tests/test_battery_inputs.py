@@ -455,3 +455,19 @@ def test_injected_text_encodes_as_plain_text(st_model):
     injected = processor.tokenizer(processor.render([text])[0], add_special_tokens=False)["input_ids"]
     assert injected != ids[0].tolist()  # what tokenizing the rendered string would have done
     record_correct()
+
+
+def test_a_bare_string_naming_an_image_file_is_refused(processor, tmp_path):
+    path = tmp_path / "tile.png"
+    make_image(30, 30).save(path)
+    expect_error(lambda: processor(items=[str(path)]), ValueError, r"items\[0\]: this text is the path of an image file")
+    expect_error(lambda: processor(items=[["a", str(path)]]), ValueError, r"items\[0\]\[1\]: this text is the path")
+    # meant as text, said so: embedded as text; a name that is no file stays text
+    assert str(path) in processor.render([{"text": str(path)}])[0]
+    assert "nowhere.png" in processor.render(["nowhere.png"])[0]
+    record_correct()
+
+
+@pytest.mark.parametrize("value", ["https://example.com/tile.png", "data:image/png;base64,iVBORw0KGgo="])
+def test_urls_are_not_fetched(processor, value):
+    expect_error(lambda: processor(items=[{"image": value}]), ValueError, r"items\[0\]\.image: image file not found.*not fetched")
