@@ -9,6 +9,9 @@ Reads top to bottom: output dataclass, config, pooling mixin, model.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +22,193 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 from transformers.utils import ModelOutput
 
 POOLING_MODES = ("last", "mean")
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# config.json model types this class loads: its own checkpoints, and Qwen2-VL backbones (`vlm2geovec convert`).
+LOADABLE_MODEL_TYPES = ("vlm2geovec", "qwen2_vl")
+MAKE_A_CHECKPOINT = "build one with `vlm2geovec nano` or `vlm2geovec convert`"
+REPAIR = "the checkpoint is damaged: copy the folder again or re-save it (`vlm2geovec convert`, `save_checkpoint`)"
+INVALID_CONFIG = "invalid VLM2GeoVec configuration"
+_SHOWN_KEYS = 5  # keys quoted in a load error; the count says how many more
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks before and after loading. Here rather than in the package so the file stays self-contained remote code.
+
+
+def looks_like_local_path(name: str | os.PathLike) -> bool:
+    """Whether ``name`` can only mean a local folder, never a Hub repository id.
+
+    A Hub id is ``NAME`` or ``ORG/NAME``. A string is taken as a local path when it is an ``os.PathLike``,
+    starts with ``.``, ``/`` or ``~``, is absolute, contains a backslash, has more than one ``/``, or when its
+    first component (``out`` of ``out/nano``) exists as a local folder. Anything else may be a Hub id and is
+    left to the Hub (or its offline cache).
+    """
+    if not isinstance(name, str):
+        return True
+    if name.startswith((".", "/", "~")) or os.path.isabs(name) or "\\" in name or name.count("/") > 1:
+        return True
+    return "/" in name and os.path.isdir(os.path.expanduser(name.split("/", 1)[0]))
+
+
+def check_local_folder(name: str | os.PathLike) -> None:
+    """Refuse at once a local-looking path (see `looks_like_local_path`) that is not a folder, instead of
+    letting the Hub client retry a repository that cannot exist (minutes without a network)."""
+    path = os.path.expanduser(os.fspath(name))
+    if os.path.isdir(path) or not looks_like_local_path(name):
+        return
+    if os.path.exists(path):
+        raise NotADirectoryError(
+            f"{name}: is a file, not a checkpoint folder (pass the folder that holds {CONFIG_NAME})"
+        )
+    raise FileNotFoundError(
+        f"{name}: no such local folder (a Hub id looks like ORG/NAME; create a local model with "
+        f"`vlm2geovec nano --out {name}`)"
+    )
+
+
+def read_json_file(path: str, what: str = "file") -> dict:
+    """A checkpoint's JSON file as a dict; a missing, unreadable or non-object file raises naming the path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {what} is missing; {REPAIR}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason}): {REPAIR}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): {REPAIR}"
+        ) from None
+    if not isinstance(data, (dict, list)):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: {REPAIR}")
+    return data
+
+
+def check_config_dict(config: dict, source: str) -> None:
+    """``config.json`` contents must describe a model this class can load."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source} holds a JSON {type(config).__name__}, not an object: {REPAIR}")
+    model_type = config.get("model_type")
+    if model_type not in LOADABLE_MODEL_TYPES:
+        raise ValueError(
+            f"{source}: model_type {model_type!r} is not a VLM2GeoVec checkpoint (expected 'vlm2geovec', or "
+            f"'qwen2_vl' for a backbone); {MAKE_A_CHECKPOINT}"
+        )
+
+
+def check_config_file(folder: str) -> None:
+    """``folder/config.json`` exists, is JSON and names a loadable model type."""
+    path = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: this folder is not a VLM2GeoVec checkpoint; {MAKE_A_CHECKPOINT}")
+    check_config_dict(read_json_file(path, CONFIG_NAME), path)
+
+
+def check_safetensors_file(path: str) -> None:
+    """Read only the header of a ``.safetensors`` file and check that it describes exactly the bytes on disk, so a
+    truncated or garbage file is named here instead of failing deep in the reader."""
+
+    def damaged(reason: str) -> ValueError:
+        return ValueError(f"{path} is not a complete safetensors file ({reason}): {REPAIR}")
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise damaged(f"{size} bytes, shorter than the 8-byte header length")
+        header_length = int.from_bytes(prefix, "little")
+        if header_length > size - 8:
+            raise damaged(f"its header claims {header_length} bytes, the whole file has {size}")
+        raw = handle.read(header_length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise damaged("its header is not a safetensors header") from None
+    expected = 8 + header_length + max(ends, default=0)
+    if expected != size:
+        raise damaged(f"{size} bytes on disk, its header describes {expected}")
+
+
+def check_weight_files(folder: str) -> None:
+    """The folder's weights exist and every ``.safetensors`` file is complete (a sharded index is followed)."""
+    single, index = os.path.join(folder, WEIGHTS_NAME), os.path.join(folder, WEIGHTS_INDEX_NAME)
+    if os.path.isfile(single):
+        check_safetensors_file(single)
+    elif os.path.isfile(index):
+        weight_map = read_json_file(index, WEIGHTS_INDEX_NAME).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no weight_map object: {REPAIR}")
+        for shard in sorted(set(weight_map.values())):
+            shard_path = os.path.join(folder, str(shard))
+            if not os.path.isfile(shard_path):
+                raise FileNotFoundError(f"{shard_path} not found (listed in {index}): {REPAIR}")
+            check_safetensors_file(shard_path)
+    elif not any(os.path.isfile(os.path.join(folder, name))
+                 for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise FileNotFoundError(f"{single} not found: the checkpoint has no weights; {REPAIR}")
+
+
+def _weights(count: int) -> str:
+    return f"{count} weight" + ("" if count == 1 else "s")
+
+
+def _quote_keys(keys) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f", ... ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else "")
+
+
+def describe_load_problems(info: dict, allow_missing: bool, allow_mismatched: bool) -> list[str]:
+    """The parts of a transformers loading report that would leave weights random or unused, as sentences."""
+    problems = []
+    if not allow_missing:
+        missing, unexpected = info.get("missing_keys") or (), info.get("unexpected_keys") or ()
+        if missing:
+            problems.append(f"missing from the file: {_weights(len(missing))} ({_quote_keys(missing)})")
+        if unexpected:
+            problems.append(f"not used by the model: {_weights(len(unexpected))} ({_quote_keys(unexpected)})")
+    mismatched = info.get("mismatched_keys") or ()
+    if mismatched and not allow_mismatched:
+        shapes = sorted(f"{key} (file {tuple(file_shape)}, model {tuple(model_shape)})"
+                        for key, file_shape, model_shape in mismatched)
+        problems.append(f"another shape in the file: {_weights(len(mismatched))} ({_quote_keys(shapes)})")
+    if not allow_missing and info.get("error_msgs"):
+        problems.append("errors: " + "; ".join(map(str, info["error_msgs"][:_SHOWN_KEYS])))
+    return problems
+
+
+def _loaded_from_sentence_transformers_fallback() -> bool:
+    """Whether sentence-transformers is building its generic Transformer + pooling modules (what it does for a
+    folder without ``modules.json``): that wrapper cannot run this model and would not pool it the right way."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_load_default_modules" and str(frame.f_globals.get("__name__", "")).startswith(
+            "sentence_transformers"
+        ):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _default_file_mode() -> int:
+    """What ``open()`` gives a new file under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fix_weight_file_modes(folder: str | os.PathLike) -> None:
+    """safetensors writes through a private temporary file, so weights come out 0600 while every other file of a
+    checkpoint is 0644; give ``*.safetensors`` files in ``folder`` the mode any new file gets under the umask."""
+    mode = _default_file_mode()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.endswith(".safetensors") and os.path.isfile(path):
+            os.chmod(path, mode)
 
 
 @dataclass
@@ -64,10 +254,42 @@ class VLM2GeoVecConfig(Qwen2VLConfig):
     embedding_dim: int | None = None
     input_format_version: int = 1
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        # transformers returns {} for a repository or folder without config.json, and this class would then build
+        # Qwen2-VL-72B-sized defaults (killed for memory before any weight is read).
+        if not config_dict:
+            where = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "", CONFIG_NAME)
+            raise FileNotFoundError(f"{where} not found: this is not a VLM2GeoVec checkpoint; {MAKE_A_CHECKPOINT}")
+        check_config_dict(config_dict, os.path.join(os.fspath(pretrained_model_name_or_path), CONFIG_NAME))
+        return config_dict, unused
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        check_local_folder(pretrained_model_name_or_path)
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder):
+            check_config_file(folder)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (ValueError, TypeError) as error:
+            # A field that fails validation (e.g. num_hidden_layers without matching layer_types): name the file.
+            path = os.path.join(folder, CONFIG_NAME)
+            if path in str(error):
+                raise
+            message = str(error) if str(error).startswith(INVALID_CONFIG) else f"{INVALID_CONFIG}: {error}"
+            raise ValueError(f"{path}: {message}. Fix the file or re-save the checkpoint") from error
+
     def __post_init__(self, **kwargs):
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
-        super().__post_init__(**kwargs)
+        try:
+            super().__post_init__(**kwargs)
+        except ValueError:
+            raise
+        except Exception as error:  # huggingface_hub's strict-dataclass validation errors are no ValueError
+            raise ValueError(f"{INVALID_CONFIG} (config.json): {error}") from error
         if self.embedding_dim is not None and not 0 < self.embedding_dim <= self.text_config.hidden_size:
             raise ValueError(
                 f"embedding_dim must lie in [1, {self.text_config.hidden_size}], got {self.embedding_dim}"
@@ -174,6 +396,64 @@ class VLM2GeoVecModel(VLM2GeoVecEmbeddingMixin, Qwen2VLModel):
     config_class = VLM2GeoVecConfig
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, allow_missing_weights: bool = False,
+                        **kwargs):
+        """transformers' ``from_pretrained``, strict: every weight the model has must come from the checkpoint and
+        every tensor in the checkpoint must be used, or a ``ValueError`` names the folder and the keys.
+
+        A local folder is checked before any model is built: ``config.json`` present, valid and of a VLM2GeoVec
+        (or Qwen2-VL) model type, and the ``.safetensors`` files complete.
+
+        Args:
+            allow_missing_weights (`bool`, *optional*, defaults to `False`):
+                Initialise from a partial checkpoint on purpose: missing and unused weights are allowed (transformers
+                still prints its load report). Shapes that differ still raise unless ``ignore_mismatched_sizes=True``.
+            output_loading_info (`bool`, *optional*):
+                As in transformers: return ``(model, info)`` and leave the check of missing and unused keys to the
+                caller (``vlm2geovec convert`` does).
+        """
+        name = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        if name is not None and _loaded_from_sentence_transformers_fallback():
+            raise FileNotFoundError(
+                f"{os.path.join(name, 'modules.json')} not found: without it sentence-transformers wraps VLM2GeoVec in "
+                "its generic Transformer + pooling modules, which cannot run it; restore modules.json (re-save the "
+                "checkpoint with `save_checkpoint`, or copy the folder again)"
+            )
+        if name is not None:
+            check_local_folder(name)
+            folder = os.path.join(name, kwargs.get("subfolder") or "")
+            if os.path.isdir(folder):
+                if kwargs.get("config") is None or os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+                    check_config_file(folder)
+                if kwargs.get("state_dict") is None and kwargs.get("gguf_file") is None:
+                    check_weight_files(folder)
+        wants_info = kwargs.pop("output_loading_info", False)
+        allow_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        try:
+            # Ask for shape mismatches in the report rather than transformers' "look at the above report" error.
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                                  ignore_mismatched_sizes=True, **kwargs)
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":  # the weights reader's own errors do not name the file
+                raise
+            raise ValueError(f"{name}: the weights could not be read ({error}): {REPAIR}") from error
+        problems = describe_load_problems(info, allow_missing=allow_missing_weights or wants_info,
+                                          allow_mismatched=allow_mismatched)
+        if problems:
+            raise ValueError(
+                f"{name}: the weights do not match the model that config.json describes, loading would leave weights "
+                f"random or unused: " + "; ".join(problems) + ". Check that config.json and the weights belong "
+                "together (re-save or re-convert the checkpoint); to start from a partial checkpoint on purpose, pass "
+                "allow_missing_weights=True."
+            )
+        return (model, info) if wants_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if os.path.isdir(save_directory):
+            fix_weight_file_modes(save_directory)
+
 
 # Without this, a subclass of Qwen2VLModel does not inherit Qwen2-VL's checkpoint key renaming, and loading a
 # Hub Qwen2-VL checkpoint would leave the whole language model randomly initialised (with only a warning).
@@ -181,4 +461,16 @@ register_checkpoint_conversion_mapping(
     "VLM2GeoVecModel", get_checkpoint_conversion_mapping("Qwen2VLModel"), overwrite=True
 )
 
-__all__ = ["VLM2GeoVecConfig", "VLM2GeoVecModel", "VLM2GeoVecOutput", "pool_embeddings", "last_token_indices"]
+__all__ = [
+    "VLM2GeoVecConfig",
+    "VLM2GeoVecModel",
+    "VLM2GeoVecOutput",
+    "check_config_file",
+    "check_local_folder",
+    "check_weight_files",
+    "fix_weight_file_modes",
+    "last_token_indices",
+    "looks_like_local_path",
+    "pool_embeddings",
+    "read_json_file",
+]
