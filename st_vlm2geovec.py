@@ -29,10 +29,10 @@ import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
 try:  # as remote code, next to the other checkpoint files
-    from .modeling_vlm2geovec import VLM2GeoVecModel
+    from .modeling_vlm2geovec import REPAIR, VLM2GeoVecModel, check_local_folder, fix_weight_file_modes, read_json_file
     from .processing_vlm2geovec import VLM2GeoVecProcessor, check_items, estimate_item_tokens
 except ImportError:  # installed as top-level modules
-    from modeling_vlm2geovec import VLM2GeoVecModel
+    from modeling_vlm2geovec import REPAIR, VLM2GeoVecModel, check_local_folder, fix_weight_file_modes, read_json_file
     from processing_vlm2geovec import VLM2GeoVecProcessor, check_items, estimate_item_tokens
 
 REMOTE_CODE_FILES = ("modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py")
@@ -42,6 +42,33 @@ MODEL_AUTO_MAP = {
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_vlm2geovec.VLM2GeoVecProcessor"}
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+# Files the processor is rebuilt from. transformers reads them leniently: without tokenizer.json it builds a
+# tokenizer that fails only on first use, without tokenizer_config.json one that has lost its special tokens.
+PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+LARGE_JSON_FILES = ("tokenizer.json",)  # 18 MB: parsing it twice (here and in the tokenizer) costs seconds
+
+
+def check_processor_files(folder: str | os.PathLike) -> None:
+    """Every file the processor loads from is present and valid JSON, or an error names it. The tokenizer's
+    vocabulary gets a cheap look at both ends only; a parse error there is named after the load (`load`)."""
+    for name in PROCESSOR_FILES:
+        path = os.path.join(folder, name)
+        if name not in LARGE_JSON_FILES:
+            read_json_file(path, name)
+            continue
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: {name} is missing; {REPAIR}")
+        with open(path, "rb") as handle:
+            head = handle.read(64).lstrip()
+            handle.seek(max(0, os.path.getsize(path) - 64))
+            tail = handle.read().rstrip()
+        if not (head.startswith(b"{") and tail.endswith(b"}")):
+            raise ValueError(f"{path} is not valid JSON (it does not start with '{{' and end with '}}'): {REPAIR}")
+    settings = os.path.join(folder, VLM2GeoVecEmbedder.config_file_name)
+    if os.path.exists(settings):
+        read_json_file(settings, VLM2GeoVecEmbedder.config_file_name)
 
 
 def write_remote_code(output_path: str | os.PathLike) -> None:
@@ -327,6 +354,7 @@ class VLM2GeoVecEmbedder(InputModule):
         self.processor.save_pretrained(output_path)
         self.save_config(output_path)
         write_remote_code(output_path)
+        fix_weight_file_modes(output_path)  # also an unmerged adapter's adapter_model.safetensors
 
     @classmethod
     def load(
@@ -354,6 +382,10 @@ class VLM2GeoVecEmbedder(InputModule):
         with ``trainer_state.json``) stays unmerged unless asked, so ``resume_from_checkpoint`` can load its
         state dict into the model being trained. Needs ``peft``.
         """
+        check_local_folder(model_name_or_path)
+        local_folder = os.path.join(os.fspath(model_name_or_path), subfolder)
+        if os.path.isdir(local_folder):
+            check_processor_files(local_folder)  # before minutes of weight loading, and named
         model_kwargs = dict(model_kwargs or {})
         requested_merge = model_kwargs.pop("merge_adapter", None)
         if merge_adapter is None:
@@ -371,9 +403,20 @@ class VLM2GeoVecEmbedder(InputModule):
         else:
             model = _load_adapter_model(model_name_or_path, adapter_config, hub, merge_adapter,
                                         {**(config_kwargs or {}), **model_kwargs})
-        processor = VLM2GeoVecProcessor.from_pretrained(
-            model_name_or_path, trust_remote_code=trust_remote_code, **hub, **(processor_kwargs or {})
-        )
+        try:
+            processor = VLM2GeoVecProcessor.from_pretrained(
+                model_name_or_path, trust_remote_code=trust_remote_code, **hub, **(processor_kwargs or {})
+            )
+        except OSError:
+            raise  # transformers' missing-file errors name the file
+        except json.JSONDecodeError as error:  # the small files were parsed above: it is the vocabulary
+            path = (os.path.join(local_folder, LARGE_JSON_FILES[0]) if os.path.isdir(local_folder)
+                    else model_name_or_path)
+            raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
+                             f"{REPAIR}") from None
+        except Exception as error:  # a tokenizer or image-processor file that parses but does not build
+            raise ValueError(f"{model_name_or_path}: the processor files ({', '.join(PROCESSOR_FILES)}) could not "
+                             f"be loaded ({type(error).__name__}: {error}): {REPAIR}") from error
         settings = cls.load_config(model_name_or_path, subfolder=subfolder, token=token, cache_folder=cache_folder,
                                    revision=revision, local_files_only=local_files_only)
         return cls(model, processor, preprocess_workers=settings.get("preprocess_workers"),
@@ -430,4 +473,4 @@ def _load_adapter_model(model_name_or_path: str, adapter_config_file: str, hub: 
     return model.eval() if merge else model
 
 
-__all__ = ["VLM2GeoVecEmbedder", "write_remote_code"]
+__all__ = ["VLM2GeoVecEmbedder", "check_processor_files", "write_remote_code"]
