@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 
 import pytest
 
 from rsmeb_eval.dataset_io import load_task, write_dataset
 from rsmeb_eval.registry import get_tasks
 from rsmeb_eval.schema import FAMILIES, corpus_features, query_features
+from tests.conftest import REPO_ROOT
 from tests.test_rsmeb_eval import OracleEncoder
 
 LITE = [t.name for t in get_tasks(lite=True)]
@@ -19,15 +22,6 @@ def lite_dir(tmp_path_factory):
     from rsmeb_eval.builders.lite import LITE_NOTES, build_lite
 
     return write_dataset(tmp_path_factory.mktemp("lite") / "rsmeb-lite", build_lite(seed=0), "RSMEB-lite", LITE_NOTES)
-
-
-def _digest(folder):
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(folder)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def test_every_family_and_split_loads_offline_with_exact_features(lite_dir):
@@ -41,36 +35,66 @@ def test_every_family_and_split_loads_offline_with_exact_features(lite_dir):
     assert families == set(FAMILIES)
 
 
+def _places(lite_dir, name, split) -> set[str]:
+    """The places a task's split is built from: Sentinel-2 grid cells, NEON tiles, GeoNames cities."""
+    queries, corpus = load_task(lite_dir, name, split)
+    ids = list(queries["query_id"]) + list(corpus["id"])
+    if name.startswith("S2Lite"):  # s2_r01_c11, s2_r01_c11_east, s2_r00_c00_caption -> r01_c11
+        return {m.group(1) for i in ids if (m := re.match(r"s2_(r\d+_c\d+)", i))}
+    if name.startswith("NEONLite"):  # GeoLoc queries are tile names; RefExp/RegionCaption ids are tile:box
+        corpus_tiles = {i.split(":")[0] for i in corpus["id"] if ":" in i and not i.startswith("site:")}
+        return {i.split(":")[0] for i in queries["query_id"]} | corpus_tiles
+    return {i for i in ids if i.startswith("city:")}  # country names are shared by both splits on purpose
+
+
 def test_train_and_test_are_disjoint_by_place(lite_dir):
-    def places(name, split):
-        queries, corpus = load_task(lite_dir, name, split)
-        ids = set(queries["query_id"]) | set(corpus["id"])
-        if name.startswith("S2Lite"):
-            return {i.split("_")[1] + "_" + i.split("_")[2] for i in ids if i.startswith("s2_")}  # chip grid cell
-        if name.startswith("NEONLite"):
-            return {i.split(":")[0] for i in ids if not i.startswith("site:") and "_" in i and ":" in i or i.startswith("NEON")}
-        return {i for i in ids if i.startswith("city:")}
-
+    by_kind = {"s2": ({}, {}), "neon": ({}, {}), "city": ({}, {})}
     for name in LITE:
-        if name in ("NaturalEarth-Coords2Country",):
-            continue  # country names are shared on purpose; its queries are cities, checked via Place2Coords ids
-        train, test = places(name, "train"), places(name, "test")
-        if name.startswith("GeoNames"):
-            train_q = set(load_task(lite_dir, name, "train")[0]["query_id"])
-            test_q = set(load_task(lite_dir, name, "test")[0]["query_id"])
-            assert not train_q & test_q
-            continue
+        kind = "s2" if name.startswith("S2Lite") else "neon" if name.startswith("NEONLite") else "city"
+        train, test = _places(lite_dir, name, "train"), _places(lite_dir, name, "test")
+        # Non-empty: an id scheme the parser above misses would otherwise compare two empty sets.
+        assert train and test, (name, len(train), len(test))
         assert not train & test, (name, sorted(train & test)[:5])
-    country_train = set(load_task(lite_dir, "NaturalEarth-Coords2Country", "train")[0]["query_id"])
-    country_test = set(load_task(lite_dir, "NaturalEarth-Coords2Country", "test")[0]["query_id"])
-    assert not country_train & country_test
+        by_kind[kind][0][name], by_kind[kind][1][name] = train, test
+    # Across tasks too: no place in any task's train split is in any task's test split.
+    for kind, (train, test) in by_kind.items():
+        train_all, test_all = set().union(*train.values()), set().union(*test.values())
+        assert not train_all & test_all, (kind, sorted(train_all & test_all)[:5])
+    assert len(by_kind["neon"][1]["NEONLite-GeoLoc"]) == 9  # 9 test tiles (OSBS and the east third of YELL)
 
 
-def test_building_twice_gives_identical_files(lite_dir, tmp_path):
-    from rsmeb_eval.builders.lite import LITE_NOTES, build_lite
+def _file_hashes(folder) -> dict[str, str]:
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
 
-    again = write_dataset(tmp_path / "again", build_lite(seed=0), "RSMEB-lite", LITE_NOTES)
-    assert _digest(again) == _digest(lite_dir)
+
+_BUILD = """
+import sys
+from rsmeb_eval.builders.lite import LITE_NOTES, build_lite
+from rsmeb_eval.dataset_io import write_dataset
+write_dataset(sys.argv[1], build_lite(seed=0), "RSMEB-lite", LITE_NOTES)
+"""
+
+
+@pytest.mark.slow
+def test_building_twice_gives_identical_files_across_processes(lite_dir, tmp_path):
+    # Separate interpreters with different string-hash seeds: any order that leaks from a set or dict of
+    # strings into the files would show up here and not within one process.
+    import subprocess
+    import sys
+
+    hashes = {}
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"hashseed-{hash_seed}"
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        subprocess.run([sys.executable, "-c", _BUILD, str(out)], env=env, check=True, timeout=600,
+                       cwd=REPO_ROOT, capture_output=True)
+        hashes[hash_seed] = _file_hashes(out)
+    here = _file_hashes(lite_dir)
+    assert len(here) > 9 * 2 and any(name.endswith(".parquet") for name in here)
+    for hash_seed, theirs in hashes.items():
+        differing = sorted(name for name in here.keys() | theirs.keys() if here.get(name) != theirs.get(name))
+        assert not differing, (hash_seed, differing[:5])
 
 
 def test_oracle_scores_one_on_every_lite_task(lite_dir):

@@ -30,29 +30,54 @@ def losses(trainer) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_resume_continues_with_the_same_losses(nano_dir, lite_dir, tmp_path):
+def test_resume_continues_with_the_same_losses(nano_dir, lite_dir, tmp_path, monkeypatch):
+    from sentence_transformers import SentenceTransformerTrainer
+
     from vlm2geovec_train.recipe import train
 
+    # Count the optimisation steps each run really executes: a run that ignored the checkpoint would start
+    # from step 1 with the same seed and repeat the uninterrupted losses, so equal losses alone prove nothing.
+    executed: list[int] = []
+    original = SentenceTransformerTrainer.training_step
+
+    def counting_step(self, *args, **kwargs):
+        executed.append(self.state.global_step + 1)  # the step this call computes
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformerTrainer, "training_step", counting_step)
     _, full, _ = train(config(nano_dir, lite_dir, max_steps=8, save_steps=4), tmp_path / "full")
-    _, first, _ = train(config(nano_dir, lite_dir, max_steps=8, save_steps=4), tmp_path / "interrupted")
-    checkpoint = tmp_path / "interrupted" / "trainer" / "checkpoint-4"
+    assert executed == list(range(1, 9))
+    checkpoint = tmp_path / "full" / "trainer" / "checkpoint-4"
     assert checkpoint.is_dir()
+    executed.clear()
     _, resumed, _ = train(config(nano_dir, lite_dir, max_steps=8, save_steps=4), tmp_path / "resumed",
                           resume_from_checkpoint=str(checkpoint))
+    assert executed == [5, 6, 7, 8]  # only the steps after the checkpoint ran
+    assert resumed.state.global_step == 8
     uninterrupted, after_resume = losses(full), losses(resumed)
     assert sorted(after_resume) == list(range(1, 9))  # steps 1-4 come back from the checkpoint's trainer state
-    for step in (5, 6, 7, 8):
+    for step in (5, 6, 7, 8):  # the weights, optimiser, scheduler and data position were all restored
         assert after_resume[step] == pytest.approx(uninterrupted[step], rel=1e-4, abs=1e-4), step
-    assert losses(first) == pytest.approx(uninterrupted)  # and the same seed reproduces the whole run
+    assert after_resume[5] != pytest.approx(uninterrupted[1], rel=1e-3)  # not a fresh start with the same seed
 
 
-def test_rsmeb_evaluator_during_training(nano_dir, lite_dir, tmp_path):
+def test_rsmeb_evaluator_during_training_equals_rsmeb_evaluate(nano_dir, lite_dir, tmp_path):
+    from rsmeb_eval.encoders import SentenceTransformerEncoder
+    from rsmeb_eval.evaluator import evaluate
     from vlm2geovec_train.recipe import train
 
-    _, trainer, _ = train(config(nano_dir, lite_dir, max_steps=4, eval_steps=4), tmp_path / "run")
+    # eval_steps == max_steps: the in-training evaluation sees the final weights, which are also saved.
+    _, trainer, _ = train(config(nano_dir, lite_dir, max_steps=3, eval_steps=3), tmp_path / "run")
     evals = [entry for entry in trainer.state.log_history if "eval_rsmeb_overall" in entry]
-    assert len(evals) == 1 and 0.0 <= evals[0]["eval_rsmeb_overall"] <= 1.0
-    assert "eval_rsmeb_task_S2Lite-VQA" in evals[0]
+    assert len(evals) == 1 and evals[0]["step"] == 3
+    logged = evals[0]
+    # The same weights through `rsmeb_eval.evaluate` (what `vlm2geovec rsmeb eval` runs) give the same scores.
+    reference = evaluate(SentenceTransformerEncoder(tmp_path / "run"), lite_dir, tasks=TASKS, show_progress_bar=False)
+    for name in TASKS:
+        assert logged[f"eval_rsmeb_task_{name}"] == pytest.approx(reference["tasks"][name]["score"], abs=1e-9), name
+    for family, score in reference["families"].items():
+        assert logged[f"eval_rsmeb_family_{family}"] == pytest.approx(score, abs=1e-9), family
+    assert logged["eval_rsmeb_overall"] == pytest.approx(reference["overall"], abs=1e-9)
 
 
 def test_config_rejects_unknown_settings(tmp_path):
@@ -82,10 +107,46 @@ def test_lora_training_writes_adapter_and_merged_checkpoints(nano_dir, lite_dir,
     assert np.abs(merged - base).max() > 1e-4  # the adapter learned something
 
 
-def test_gradient_checkpointing_gives_the_same_first_loss(nano_dir, lite_dir, tmp_path):
+def test_gradient_checkpointing_is_set_up_used_and_exact(nano_dir, lite_dir, tmp_path, monkeypatch, images):
+    import copy
+
+    import torch
+    import transformers.modeling_utils as modeling_utils
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from tests.test_losses import batch_features, grads
+    from vlm2geovec_train.losses import MultimodalMNRLoss
     from vlm2geovec_train.recipe import train
 
-    _, plain, _ = train(config(nano_dir, lite_dir, max_steps=2), tmp_path / "plain")
-    _, checkpointed, _ = train(config(nano_dir, lite_dir, max_steps=2, gradient_checkpointing=True), tmp_path / "ckpt")
-    assert losses(checkpointed)[1] == pytest.approx(losses(plain)[1], rel=1e-5)
-    assert losses(checkpointed)[2] == pytest.approx(losses(plain)[2], rel=1e-3)
+    # transformers binds `checkpoint` from this module when checkpointing is enabled: count what goes through it.
+    calls: list[int] = []
+    real_checkpoint = modeling_utils.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "checkpoint", counting_checkpoint)
+    model, _, _ = train(config(nano_dir, lite_dir, max_steps=1, gradient_checkpointing=True), tmp_path / "ckpt")
+    layers = [m for m in model[0].model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers and all(layer.gradient_checkpointing for layer in layers)  # vision blocks and decoder layers
+    assert len(calls) >= len(layers)  # the training step's forward went through checkpoint
+
+    # Same weights, checkpointing off: the gradients of one loss step are the same.
+    checkpointed = model.train()
+    plain = copy.deepcopy(model)
+    plain[0].model.gradient_checkpointing_disable()
+    results = {}
+    for name, net in (("plain", plain), ("checkpointed", checkpointed)):
+        calls.clear()
+        net.zero_grad()
+        torch.manual_seed(0)
+        features, labels = batch_features(net, images)
+        MultimodalMNRLoss(net, temperature=0.02)(features, labels).backward()
+        results[name] = (len(calls), grads(net))
+    assert results["plain"][0] == 0 and results["checkpointed"][0] >= len(layers)
+    g_plain, g_ckpt = results["plain"][1], results["checkpointed"][1]
+    assert g_plain.keys() == g_ckpt.keys() and len(g_plain) > 40
+    for name in g_plain:  # recomputation repeats the same float32 ops: equal up to rounding
+        scale = g_plain[name].abs().max().item() + 1e-12
+        assert (g_plain[name] - g_ckpt[name]).abs().max().item() <= 1e-5 * scale + 1e-8, name
