@@ -62,6 +62,7 @@ except ImportError:  # not installed: the sources beside app.py (a pushed Space)
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import pydantic  # noqa: E402  (gradio's own dependency)
 from gradio_image_annotation import image_annotator  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
@@ -628,10 +629,10 @@ class SpaceState:
     def _k(k: Any) -> int:
         number = isinstance(k, (int, float, np.integer, np.floating)) and not isinstance(k, bool)
         if not number or not math.isfinite(k) or k != int(k):
-            raise InputError(f"k: expected a whole number, got {k!r}.")
+            raise InputError(f"Top-k tiles: expected a whole number, got {k!r}.")
         value = int(k)
         if not 1 <= value <= MAX_K:
-            raise InputError(f"k: must lie in [1, {MAX_K}], got {value}.")
+            raise InputError(f"Top-k tiles: must lie in [1, {MAX_K}], got {value}.")
         return value
 
     # -- grounding --------------------------------------------------------------------------------------
@@ -802,30 +803,234 @@ def check_upload(path: str | os.PathLike, name: str | None = None) -> None:
     except UnidentifiedImageError:
         raise InputError(f"Upload {label}: not an image format Pillow can read (PNG, JPEG, TIFF, WebP...).") from None
     except Image.DecompressionBombError as error:
-        raise InputError(f"Upload {label}: refused as a decompression bomb ({error}).") from None
-    except OSError as error:
-        raise InputError(f"Upload {label}: cannot read the image header ({type(error).__name__}).") from None
+        # PIL refuses headers claiming more than 2x its own limit before we see the size: name the claim
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        what = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels than PIL accepts"
+        raise InputError(f"Upload {label}: its header claims {what}, above the limit of {MAX_IMAGE_PIXELS:,} "
+                         "(refused as a possible decompression bomb); downscale it or cut it into tiles.") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"Upload {label}: cannot read the image header ({error}).") from None
     check_pixels(dimensions, f"Upload {label}")
 
 
-def _guard_uploads(component: image_annotator) -> image_annotator:
-    """Check the file before the component decodes it (the annotator opens and converts uploads itself)."""
-    decode = component.preprocess_image
+def read_upload(path: str | os.PathLike, name: str | None = None) -> Image.Image:
+    """An uploaded file as the RGB image the model would see: the processor's own reader (``load_image``:
+    EXIF orientation, alpha composited onto white, 16-bit data stretched or refused, truncated files and
+    extreme aspect ratios refused), so the Space treats a file exactly as ``encode`` does."""
+    from processing_vlm2geovec import load_image
 
-    def checked(image):
+    label = name or Path(path).name
+    check_upload(path, label)
+    try:
+        return load_image(str(path), field=f"Upload {label}", max_image_pixels=MAX_IMAGE_PIXELS)
+    except (ValueError, TypeError) as error:
+        # the processor names the file by its server-side path; the user knows it by its own name
+        raise InputError(str(error).replace(repr(str(path)), repr(label))) from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input guards: gradio validates and converts a component's payload before any handler runs, and its own
+# failures (a KeyError in the annotator, a TypeError in the slider, a pydantic error) reach the user as
+# "the upstream app has raised an exception". These checks run first and name the field instead.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _invalid(message: str) -> gr.Error:
+    return gr.Error(message, title="Invalid input", print_exception=False)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print (Python's digit limit)
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _number(value: Any, what: str, whole: bool = False, low: float | None = None,
+            high: float | None = None) -> float:
+    """``value`` as a finite number (a whole one if asked) in [low, high], else a message naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _invalid(f"{what}: expected a number, got {_kind(value)}.")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise _invalid(f"{what}: {_short(value)} is too large.") from None
+    if not math.isfinite(number):
+        raise _invalid(f"{what}: expected a finite number, got {_short(value)}.")
+    if whole and number != int(number):
+        raise _invalid(f"{what}: expected a whole number, got {_short(value)}.")
+    if (low is not None and number < low) or (high is not None and number > high):
+        shown = int(number) if whole else _short(value)
+        raise _invalid(f"{what}: must lie in [{low:g}, {high:g}], got {shown}.")
+    return number
+
+
+def _guard_slider(component: gr.Slider, what: str) -> gr.Slider:
+    """Whole numbers within the slider's range (gradio compares strings with numbers, and rounds 2.5)."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        _number(payload, what, whole=True, low=component.minimum, high=component.maximum)
+        return preprocess(payload)
+
+    component.preprocess = checked
+    return component
+
+
+def _guard_number(component: gr.Number, what: str) -> gr.Number:
+    """A finite number or empty; its range is the processor's check (latitude/longitude), named by the handler."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        if payload is not None:
+            _number(payload, what)
+        return preprocess(payload)
+
+    component.preprocess = checked
+    return component
+
+
+def _guard_text(component: gr.Textbox, what: str) -> gr.Textbox:
+    """Text or empty: gradio would turn a number or a list into its repr and search for that."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        if payload is not None and not isinstance(payload, str):
+            raise _invalid(f"{what}: expected text, got {_kind(payload)}.")
+        return preprocess(payload)
+
+    component.preprocess = checked
+    return component
+
+
+def _guard_choices(component: gr.CheckboxGroup, what: str) -> gr.CheckboxGroup:
+    """A list of the offered choices (a bare string would be read character by character)."""
+    preprocess = component.preprocess
+    choices = [value for _, value in component.choices]
+
+    def checked(payload):
+        if not isinstance(payload, list):
+            raise _invalid(f"{what}: expected a list such as {choices[:2]}, got {_kind(payload)}.")
+        unknown = [v for v in payload if not isinstance(v, str) or v not in choices]
+        if unknown:
+            raise _invalid(f"{what}: unknown {_short(unknown)}; choose from {choices}.")
+        return preprocess(payload)
+
+    component.preprocess = checked
+    return component
+
+
+BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def _check_annotation(payload: Any, what: str) -> None:
+    """The annotator's payload ``{"image": <file>, "boxes": [{"xmin", "ymin", "xmax", "ymax"}, ...]}``, checked
+    for shape and numbers before the component reads it; box geometry (inside the image, x1 < x2) is the
+    processor's check, made when the boxes are embedded."""
+    if not isinstance(payload, dict):
+        raise _invalid(f"{what}: expected {{'image': <file>, 'boxes': [...]}}, got {_kind(payload)}.")
+    image = payload.get("image")
+    if image is not None and not (isinstance(image, dict) and image.get("path") and isinstance(image.get("meta"), dict)):
+        raise _invalid(f"{what}: 'image' must be an uploaded file (gradio_client.handle_file), got {_kind(image)}.")
+    boxes = payload.get("boxes", [])
+    if boxes is None:
+        return
+    if not isinstance(boxes, list):
+        raise _invalid(f"{what}: 'boxes' must be a list of {{'xmin', 'ymin', 'xmax', 'ymax'}} boxes in pixels, "
+                       f"got {_kind(boxes)}.")
+    for i, box in enumerate(boxes, start=1):
+        if not isinstance(box, dict):
+            raise _invalid(f"{what}: box {i} must be {{'xmin', 'ymin', 'xmax', 'ymax'}} in pixels, got {_kind(box)}.")
+        missing = [key for key in BOX_KEYS if key not in box]
+        if missing:
+            raise _invalid(f"{what}: box {i} has no {', '.join(repr(k) for k in missing)} "
+                           "(a box is {'xmin', 'ymin', 'xmax', 'ymax'} in pixels).")
+        for key in BOX_KEYS:
+            _number(box[key], f"{what}: box {i} {key!r}")
+        if "scaleFactor" in box:
+            _number(box["scaleFactor"], f"{what}: box {i} 'scaleFactor'", low=1e-6, high=1e6)
+        if "color" in box and not isinstance(box["color"], str):
+            raise _invalid(f"{what}: box {i} 'color' must be text such as '#ff0000', got {_kind(box['color'])}.")
+
+
+def _guard_annotator(component: image_annotator, what: str) -> image_annotator:
+    """Check the payload before gradio validates it, the file before it is decoded, and read the image with the
+    processor's rules (not the annotator's plain ``convert("RGB")``, which drops alpha and cuts 16-bit data)."""
+    base = component.data_model
+
+    def model_validate(cls, obj, *args, **kwargs):  # gradio validates the payload with this before preprocess
+        _check_annotation(obj, what)
+        try:
+            return super(checked_model, cls).model_validate(obj, *args, **kwargs)
+        except pydantic.ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(map(str, first.get("loc", ()))) or "payload"
+            raise _invalid(f"{what}: malformed input at {where!r}: {first.get('msg', error)}.") from None
+
+    checked_model = type(base.__name__, (base,), {"model_validate": classmethod(model_validate)})
+    component.data_model = checked_model
+    preprocess_boxes = component.preprocess_boxes
+
+    def read_image(image):
         if image is None:
             return None
         try:
-            check_upload(image.path, image.orig_name)
-            return decode(image)
+            return read_upload(image.path, image.orig_name or Path(image.path).name)
         except InputError as error:
-            raise gr.Error(str(error), title="Invalid input", print_exception=False) from None
-        except Exception as error:  # noqa: BLE001 - corrupt data: a message, not a traceback
-            raise gr.Error(f"Upload {image.orig_name or ''}: cannot read the image ({error}).", title="Invalid input",
-                           print_exception=False) from None
+            raise _invalid(str(error)) from None
 
-    component.preprocess_image = checked
+    def read_boxes(boxes):
+        try:
+            return preprocess_boxes(boxes)
+        except Exception as error:  # noqa: BLE001 - anything _check_annotation missed: a message, not a traceback
+            raise _invalid(f"{what}: malformed boxes ({type(error).__name__}: {error}).") from None
+
+    component.preprocess_image = read_image
+    component.preprocess_boxes = read_boxes
     return component
+
+
+def _refuse_foreign_files(demo: gr.Blocks) -> None:
+    """gradio refuses a payload naming a server file that no one uploaded (``InvalidPathError``) before any
+    component sees it, and shows that as a generic error: give the refusal a message (without the path)."""
+    from gradio.exceptions import InvalidPathError
+
+    preprocess_data = demo.preprocess_data
+
+    async def checked(*args, **kwargs):
+        try:
+            return await preprocess_data(*args, **kwargs)
+        except InvalidPathError:
+            raise _invalid("Upload: refused a file path that was not uploaded to this app; send images with the "
+                           "upload button or gradio_client.handle_file.") from None
+
+    demo.preprocess_data = checked
+
+
+def _quiet_component_file_log() -> None:
+    """gradio prints ``id=..., environment=client, type=component, file_name=...`` to stdout for every file of
+    a custom component a browser fetches (several per page load): send those lines to the debug log."""
+    import builtins
+
+    import gradio.routes as routes
+
+    if getattr(routes, "_vlm2geovec_quiet", False):
+        return
+
+    def quiet_print(*args, **kwargs):
+        text = " ".join(map(str, args))
+        if text.startswith("id=") and ", environment=" in text and ", file_name=" in text:
+            logger.debug("custom component file: %s", text)
+            return
+        builtins.print(*args, **kwargs)
+
+    routes.print = quiet_print  # module global: shadows the builtin for gradio.routes only
+    routes._vlm2geovec_quiet = True
 
 
 def _ui(fn: Callable) -> Callable:
@@ -955,22 +1160,25 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                     with gr.Column(scale=3):
                         ground_sample = gr.Dropdown(list(samples), value=first_sample and first_sample.stem,
                                                     label="Sample image")
-                        ground_image = _guard_uploads(image_annotator(
+                        ground_image = _guard_annotator(image_annotator(
                             value=load_sample(first_sample.stem) if first_sample else None,
                             label="Aerial image (upload, or draw boxes to add candidates / to caption)",
                             image_type="pil", sources=["upload", "clipboard"], height=460,
                             box_min_size=4, single_box=False, show_remove_button=True,
-                        ))
+                        ), "Image")
                     with gr.Column(scale=2):
-                        expression = gr.Textbox(label="Referring expression", value="the largest tree crown",
-                                                max_length=MAX_TEXT_CHARS)
-                        scales = gr.CheckboxGroup(list(SCALES), value=DEFAULT_SCALES,
-                                                  label="Window scales (fraction of the image side)")
-                        top_regions = gr.Slider(1, 20, value=5, step=1, label="Regions to show")
+                        expression = _guard_text(gr.Textbox(label="Referring expression",
+                                                            value="the largest tree crown", max_length=MAX_TEXT_CHARS),
+                                                 "Referring expression")
+                        scales = _guard_choices(gr.CheckboxGroup(list(SCALES), value=DEFAULT_SCALES,
+                                                                 label="Window scales (fraction of the image side)"),
+                                                "Window scales")
+                        top_regions = _guard_slider(gr.Slider(1, 20, value=5, step=1, label="Regions to show"),
+                                                    "Regions to show")
                         ground_button = gr.Button("Find regions", variant="primary")
                         gr.Markdown("**Reverse**: draw one or more boxes, then rank these captions/labels for each.")
-                        labels = gr.Textbox(label="Candidate captions / labels (one per line)", value=DEFAULT_LABELS,
-                                            lines=6)
+                        labels = _guard_text(gr.Textbox(label="Candidate captions / labels (one per line)",
+                                                        value=DEFAULT_LABELS, lines=6), "Labels")
                         caption_button = gr.Button("Rank labels for the drawn boxes")
                 with gr.Row():
                     ground_output = image_annotator(
@@ -989,28 +1197,31 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
             with gr.Tab("Geo-retrieval", id="geo", render_children=True):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        k = gr.Slider(1, MAX_K, value=8, step=1, label="Top-k tiles")
+                        k = _guard_slider(gr.Slider(1, MAX_K, value=8, step=1, label="Top-k tiles"), "Top-k tiles")
                         with gr.Tab("By text", render_children=True):
-                            query_text = gr.Textbox(label="Describe the scene", value="a barrier island beach")
+                            query_text = _guard_text(gr.Textbox(label="Describe the scene",
+                                                                value="a barrier island beach"), "Query text")
                             text_button = gr.Button("Search by text", variant="primary")
                         with gr.Tab("By image", render_children=True):
                             geo_sample = gr.Dropdown(list(samples), value=geo_first and geo_first.stem,
                                                      label="Sample query image")
-                            query_image = _guard_uploads(image_annotator(
+                            query_image = _guard_annotator(image_annotator(
                                 value=load_sample(geo_first.stem) if geo_first else None,
                                 label="Query image (optionally draw one box)", image_type="pil",
                                 sources=["upload", "clipboard"], height=320, box_min_size=4,
-                            ))
-                            query_mod = gr.Textbox(label="Optional modification text",
-                                                   placeholder="e.g. with more farmland")
+                            ), "Query image")
+                            query_mod = _guard_text(gr.Textbox(label="Optional modification text",
+                                                               placeholder="e.g. with more farmland"),
+                                                    "Modification text")
                             image_button = gr.Button("Search by image", variant="primary")
                         with gr.Tab("By coordinates", render_children=True):
                             with gr.Row():
-                                lat = gr.Number(label="Latitude (°N)", value=37.69)
-                                lon = gr.Number(label="Longitude (°E)", value=-75.61)
+                                lat = _guard_number(gr.Number(label="Latitude (°N)", value=37.69), "Latitude")
+                                lon = _guard_number(gr.Number(label="Longitude (°E)", value=-75.61), "Longitude")
                             coords_button = gr.Button("Search by coordinates", variant="primary")
                         with gr.Tab("By place name", render_children=True):
-                            place = gr.Textbox(label="Place name (GeoNames)", value="Norfolk, US")
+                            place = _guard_text(gr.Textbox(label="Place name (GeoNames)", value="Norfolk, US"),
+                                                "Place name")
                             place_button = gr.Button("Search by place", variant="primary")
                     with gr.Column(scale=3):
                         geo_map = gr.HTML(leaflet_html(gallery, [], None, overview_png), label="Map")
@@ -1041,6 +1252,7 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
         demo.load(open_tab, None, tabs, api_visibility="private", queue=False)
         geo_sample.change(load_sample, geo_sample, query_image, api_visibility="private", queue=False)
     demo.queue(default_concurrency_limit=1, max_size=64)
+    _refuse_foreign_files(demo)
     demo.space = state  # type: ignore[attr-defined]
     return demo
 
@@ -1053,6 +1265,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **
     options = dict(server_name=host, server_port=port, max_file_size=int(MAX_UPLOAD_MB * 1024 * 1024),
                    ssr_mode=False, show_error=False, theme=gr.themes.Soft(**THEME_FONTS), css=CSS)
     options.update(kwargs)
+    _quiet_component_file_log()
     return demo.launch(**options)
 
 

@@ -9,13 +9,13 @@ import math
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.battery import expect_error, record_correct
 from tests.conftest import REPO_ROOT
 
 SPACE = REPO_ROOT / "space"
@@ -58,9 +58,7 @@ def space_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def space(space_cache):
-    start = time.perf_counter()
     demo, url = launch_space(space_cache)
-    demo.startup_seconds = time.perf_counter() - start
     yield demo, url
     demo.close()
 
@@ -198,11 +196,9 @@ def test_windows_cover_the_image_at_every_scale(app):
 
 def test_ground_by_text_returns_boxes_inside_the_image_sorted_by_score(space, client, app):
     drawn = (150, 240, 240, 320)
-    start = time.perf_counter()
+    # (How long this takes is measured by space/bench_space.py, not asserted here.)
     shown, table, result = client.predict(annotated(boxes=[drawn]), "a dead pine crown", ["1/2", "1/3", "1/4"], 6,
                                           api_name="/ground")
-    first_response = time.perf_counter() - start
-    assert first_response < 15, f"first grounding response took {first_response:.1f} s"
     assert result["image_size"] == [400, 400] and result["expression"] == "a dead pine crown"
     assert result["candidates"] == 1 + len(app.window_boxes(400, 400, ["1/2", "1/3", "1/4"]))  # drawn + windows
     regions = result["regions"]
@@ -349,7 +345,8 @@ def test_missing_or_empty_inputs(client):
     assert "enter some text" in app_error(lambda: client.predict("", 5, api_name="/search_text"))
     assert "choose at least one window scale or draw a box" in app_error(
         lambda: client.predict(annotated(), "a tree", [], 3, api_name="/ground"))
-    assert "minimum" in app_error(lambda: client.predict("beach", 0, api_name="/search_text"))
+    assert "Top-k tiles: must lie in [1, 24], got 0" in app_error(lambda: client.predict("beach", 0,
+                                                                                         api_name="/search_text"))
 
 
 def test_oversized_and_unreadable_uploads(client, space, app, tmp_path, monkeypatch):
@@ -383,6 +380,352 @@ def test_oversized_and_unreadable_uploads(client, space, app, tmp_path, monkeypa
     monkeypatch.setattr(app, "MAX_UPLOAD_MB", 1)
     assert "MB is above the limit of 1 MB" in app_error(
         lambda: client.predict(annotated(noise), "a field", ["1/2"], 3, api_name="/ground"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Battery: every endpoint called as an attacker would (tests/battery.py). Each case ends in a message naming
+# the field (checked on the client's AppError) or in a result checked against the model itself.
+# ----------------------------------------------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height 8-bit RGB pixels (a decompression-bomb probe)."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def battery_files(tmp_path_factory):
+    """Crafted uploads, written once per module."""
+    folder = tmp_path_factory.mktemp("battery-files")
+    rng = np.random.default_rng(7)
+    files = {}
+    files["bomb"] = folder / "bomb.png"
+    files["bomb"].write_bytes(_png_claiming(30000, 30000))
+    files["junk"] = folder / "junk.png"
+    files["junk"].write_bytes(b"definitely not an image, just text")
+    files["empty"] = folder / "empty.png"
+    files["empty"].write_bytes(b"")
+    good = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, format="PNG")
+    files["truncated"] = folder / "truncated.png"
+    files["truncated"].write_bytes(good.getvalue()[: len(good.getvalue()) // 2])  # valid header, half the data
+    files["wide"] = folder / "wide.png"
+    Image.new("RGB", (1000, 1), (90, 120, 60)).save(files["wide"])
+    files["gray16"] = folder / "gray16.png"
+    ramp = (np.linspace(0, 65535, 96 * 96).reshape(96, 96)).astype(np.uint16)
+    Image.fromarray(ramp).save(files["gray16"])  # mode I;16
+    files["rgba"] = folder / "rgba.png"
+    rgba = rng.integers(0, 255, (120, 160, 4), dtype=np.uint8)
+    rgba[:, :80, 3] = 0  # half of it fully transparent
+    Image.fromarray(rgba, mode="RGBA").save(files["rgba"])
+    files["palette"] = folder / "palette.png"
+    Image.open(SPACE / "samples" / "s2_barrier_island.png").convert("RGB").quantize(16).save(files["palette"])
+    files["tiny"] = folder / "tiny.png"
+    Image.new("RGB", (1, 1), (10, 200, 30)).save(files["tiny"])
+    files["rotated"] = folder / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.open(SAMPLE).convert("RGB").crop((0, 0, 300, 200)).save(files["rotated"], exif=exif, quality=95)
+    return files
+
+
+def upload(client_url: str, path: Path) -> dict:
+    """Upload a file the way the browser does; returns its FileData for a raw call."""
+    import httpx
+
+    with open(path, "rb") as handle:
+        response = httpx.post(client_url.rstrip("/") + "/gradio_api/upload",
+                              files={"files": (path.name, handle, "application/octet-stream")}, timeout=60)
+    response.raise_for_status()
+    return {"path": response.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+class StreamedError(ValueError):
+    """The error event of a raw call, as the user's client receives it."""
+
+
+def raw_call(client_url: str, api_name: str, body: str) -> None:
+    """POST a JSON body as text (NaN, Infinity and 1e400 literals that gradio_client refuses to send); raise the
+    error message the server streams back as :class:`StreamedError`; fails if no error comes back."""
+    import httpx
+
+    base = client_url.rstrip("/") + f"/gradio_api/call/{api_name.lstrip('/')}"
+    response = httpx.post(base, content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 200, response.text
+    event_id = response.json()["event_id"]
+    stream = httpx.get(f"{base}/{event_id}", timeout=120).text
+    events = re.findall(r"^event: (\w+)\ndata: (.*)$", stream, re.M)
+    assert events and events[-1][0] == "error", f"expected an error event, got:\n{stream[:2000]}"
+    data = events[-1][1]
+    try:
+        message = json.loads(data)
+    except json.JSONDecodeError:
+        message = data
+    raise StreamedError(message if isinstance(message, str) else json.dumps(message))
+
+
+def _box(**values):
+    box = {"xmin": 150, "ymin": 240, "xmax": 240, "ymax": 320}
+    box.update(values)
+    return {key: value for key, value in box.items() if value is not ...}
+
+
+def _with_boxes(boxes):
+    from gradio_client import handle_file
+
+    return {"image": handle_file(str(SAMPLE)), "boxes": boxes}
+
+
+# (id, endpoint, arguments after the client's defaults are filled in, text the message must contain)
+_GROUND = ("a tree", ["1/2"], 3)
+BATTERY_ERRORS = [
+    # Boxes from the annotator, malformed.
+    ("box-xmin-text", "/ground", lambda f: (_with_boxes([_box(xmin="a")]), *_GROUND),
+     "Image: box 1 'xmin': expected a number, got str 'a'"),
+    ("box-missing-key", "/ground", lambda f: (_with_boxes([_box(ymax=...)]), *_GROUND),
+     "Image: box 1 has no 'ymax'"),
+    ("box-missing-keys", "/caption_regions", lambda f: (_with_boxes([{"xmin": 1}]), "a\nb"),
+     "Image: box 1 has no 'ymin', 'xmax', 'ymax'"),
+    ("boxes-as-string", "/ground", lambda f: (_with_boxes("150,240,240,320"), *_GROUND),
+     "Image: 'boxes' must be a list"),
+    ("box-as-list", "/search_image", lambda f: (_with_boxes([[150, 240, 240, 320]]), "", 3),
+     "Query image: box 1 must be {'xmin', 'ymin', 'xmax', 'ymax'} in pixels, got list"),
+    ("box-bool", "/ground", lambda f: (_with_boxes([_box(xmax=True)]), *_GROUND),
+     "Image: box 1 'xmax': expected a number, got bool True"),
+    ("box-10**400", "/ground", lambda f: (_with_boxes([_box(xmax=10**400)]), *_GROUND),
+     "Image: box 1 'xmax': 1000000000"),
+    ("box-1e300", "/ground", lambda f: (_with_boxes([_box(xmax=1e300)]), *_GROUND),
+     "Drawn box 1 (bbox): box (150, 240, 1e+300, 320) lies outside the 400x400 image"),
+    ("box-negative", "/ground", lambda f: (_with_boxes([_box(xmin=-5)]), *_GROUND),
+     "Drawn box 1 (bbox): box (-5, 240, 240, 320) lies outside the 400x400 image"),
+    ("box-x2-before-x1", "/caption_regions", lambda f: (_with_boxes([_box(xmin=300)]), "a\nb"),
+     "Drawn box 1 (bbox): x2 (240) must be greater than x1 (300)"),
+    ("box-empty", "/search_image", lambda f: (_with_boxes([_box(xmax=150)]), "", 3),
+     "Query image (bbox): x2 (150) must be greater than x1 (150)"),
+    ("box-colour-number", "/ground", lambda f: (_with_boxes([_box(color=255)]), *_GROUND),
+     "Image: box 1 'color' must be text"),
+    ("box-scale-zero", "/ground", lambda f: (_with_boxes([_box(scaleFactor=0)]), *_GROUND),
+     "Image: box 1 'scaleFactor': must lie in"),
+    ("too-many-boxes", "/caption_regions", lambda f: (_with_boxes([_box()] * 9), "a\nb"),
+     "Boxes: at most 8 boxes at a time, got 9"),
+    # The annotator's payload itself.
+    ("annotation-as-string", "/ground", lambda f: ("a picture", *_GROUND),
+     "Image: expected {'image': <file>, 'boxes': [...]}, got str 'a picture'"),
+    ("image-as-plain-path", "/search_image", lambda f: ({"image": str(SAMPLE), "boxes": []}, "", 3),
+     "Query image: 'image' must be an uploaded file"),
+    ("image-missing", "/caption_regions", lambda f: (None, "a\nb"), "Image: upload an image or pick a sample"),
+    # Regions to show / top-k.
+    ("top-k-text", "/ground", lambda f: (_with_boxes([]), "a tree", ["1/2"], "five"),
+     "Regions to show: expected a number, got str 'five'"),
+    ("top-k-zero", "/ground", lambda f: (_with_boxes([]), "a tree", ["1/2"], 0),
+     "Regions to show: must lie in [1, 20], got 0"),
+    ("top-k-negative", "/ground", lambda f: (_with_boxes([]), "a tree", ["1/2"], -3),
+     "Regions to show: must lie in [1, 20], got -3"),
+    ("top-k-1e9", "/ground", lambda f: (_with_boxes([]), "a tree", ["1/2"], 1e9),
+     "Regions to show: must lie in [1, 20], got 1000000000"),
+    ("top-k-fraction", "/ground", lambda f: (_with_boxes([]), "a tree", ["1/2"], 2.5),
+     "Regions to show: expected a whole number, got 2.5"),
+    ("k-text", "/search_text", lambda f: ("a beach", "eight"), "Top-k tiles: expected a number, got str 'eight'"),
+    ("k-bool", "/search_place", lambda f: ("Norfolk, US", True), "Top-k tiles: expected a number, got bool True"),
+    ("k-zero", "/search_coords", lambda f: (37.69, -75.61, 0), "Top-k tiles: must lie in [1, 24], got 0"),
+    ("k-negative", "/search_image", lambda f: (annotated(), "", -3), "Top-k tiles: must lie in [1, 24], got -3"),
+    ("k-1e9", "/search_text", lambda f: ("a beach", 1e9), "Top-k tiles: must lie in [1, 24], got 1000000000"),
+    ("k-list", "/search_text", lambda f: ("a beach", [5]), "Top-k tiles: expected a number, got list [5]"),
+    # Window scales.
+    ("scales-as-string", "/ground", lambda f: (_with_boxes([]), "a tree", "1/2", 3),
+     "Window scales: expected a list such as ['1/2', '1/3'], got str '1/2'"),
+    ("scales-unknown", "/ground", lambda f: (_with_boxes([]), "a tree", ["1/5"], 3),
+     "Window scales: unknown ['1/5']; choose from ['1/2', '1/3', '1/4', '1/6']"),
+    ("too-many-windows", "/ground", lambda f: (_with_boxes([]), "a tree", ["1/2", "1/3", "1/4", "1/6"], 3),
+     "regions (drawn boxes + windows) exceed the limit of 160"),
+    # Text fields.
+    ("expression-number", "/ground", lambda f: (_with_boxes([]), 42, ["1/2"], 3),
+     "Referring expression: expected text, got int 42"),
+    ("labels-as-list", "/caption_regions", lambda f: (_with_boxes([_box()]), ["a tree", "water"]),
+     "Labels: expected text, got list"),
+    ("labels-too-many", "/caption_regions", lambda f: (_with_boxes([_box()]), "\n".join(map(str, range(65)))),
+     "Labels: at most 64, got 65"),
+    ("query-text-too-long", "/search_text", lambda f: ("x" * 2000, 5),
+     "Query text: at most 1000 characters, got 2000"),
+    ("query-text-dict", "/search_text", lambda f: ({"text": "a beach"}, 5), "Query text: expected text, got dict"),
+    ("modification-number", "/search_image", lambda f: (annotated(), 3.5, 5),
+     "Modification text: expected text, got float 3.5"),
+    # Places.
+    ("place-unknown", "/search_place", lambda f: ("Atlantis, Mars", 5), "Place name: unknown place 'Atlantis, Mars'"),
+    ("place-wrong-country", "/search_place", lambda f: ("Norfolk, France", 5), "unknown place 'Norfolk, France'"),
+    ("place-blank", "/search_place", lambda f: ("  ", 5), "Place name: enter a city"),
+    ("place-number", "/search_place", lambda f: (12345, 5), "Place name: expected text, got int 12345"),
+    ("place-too-long", "/search_place", lambda f: ("Paris" * 50, 5), "Place name: at most 200 characters, got 250"),
+    # Coordinates.
+    ("lat-text", "/search_coords", lambda f: ("north", -75.61, 5), "Latitude: expected a number, got str 'north'"),
+    ("lat-numeric-text", "/search_coords", lambda f: ("37.69", -75.61, 5),
+     "Latitude: expected a number, got str '37.69'"),
+    ("lon-list", "/search_coords", lambda f: (37.69, [1, 2], 5), "Longitude: expected a number, got list [1, 2]"),
+    ("lat-10**400", "/search_coords", lambda f: (10**400, -75.61, 5), "Latitude: 1000000000"),
+    ("lat-out-of-range", "/search_coords", lambda f: (-90.5, -75.61, 5),
+     "Query (coords.lat): latitude must lie in [-90, 90], got -90.5"),
+    ("lon-out-of-range", "/search_coords", lambda f: (37.69, 180.01, 5),
+     "Query (coords.lon): longitude must lie in [-180, 180], got 180.01"),
+    ("lon-missing", "/search_coords", lambda f: (37.69, None, 5), "Coordinates: enter both a latitude and a longitude"),
+    # Uploads.
+    ("upload-bomb-30000x30000", "/ground", lambda f: (annotated(f["bomb"]), *_GROUND),
+     "Upload bomb.png: its header claims 900,000,000 pixels, above the limit of 16,777,216"),
+    ("upload-not-an-image", "/search_image", lambda f: (annotated(f["junk"]), "", 3),
+     "Upload junk.png: not an image format Pillow can read"),
+    ("upload-empty-file", "/caption_regions", lambda f: (annotated(f["empty"], [(0, 0, 1, 1)]), "a"),
+     "Upload empty.png: not an image format Pillow can read"),
+    ("upload-truncated", "/ground", lambda f: (annotated(f["truncated"]), *_GROUND),
+     "Upload truncated.png: cannot decode image from 'truncated.png' (corrupt or truncated)"),
+    ("upload-1000x1", "/search_image", lambda f: (annotated(f["wide"]), "", 3),
+     "Upload wide.png: image 'wide.png' is 1000x1, an aspect ratio above 200"),
+]
+
+# Bodies gradio_client cannot send (JSON has no NaN or infinity; 1e400 parses as infinity on the server).
+# "IMAGE" stands for an uploaded sample; "BOX" for a box on it whose one coordinate is replaced.
+BATTERY_RAW = [
+    ("box-nan", "/ground", '[{"image": IMAGE, "boxes": [BOX xmin NaN]}, "a tree", ["1/2"], 3]',
+     "Image: box 1 'xmin': expected a finite number, got nan"),
+    ("box-1e400", "/caption_regions", '[{"image": IMAGE, "boxes": [BOX xmax 1e400]}, "a"]',
+     "Image: box 1 'xmax': expected a finite number, got inf"),
+    ("box-minus-infinity", "/search_image", '[{"image": IMAGE, "boxes": [BOX ymin -Infinity]}, "", 3]',
+     "Query image: box 1 'ymin': expected a finite number, got -inf"),
+    ("top-k-nan", "/ground", '[{"image": IMAGE, "boxes": []}, "a tree", ["1/2"], NaN]',
+     "Regions to show: expected a finite number, got nan"),
+    ("k-nan", "/search_text", '["a beach", NaN]', "Top-k tiles: expected a finite number, got nan"),
+    ("k-infinity", "/search_place", '["Norfolk, US", Infinity]', "Top-k tiles: expected a finite number, got inf"),
+    ("lat-nan", "/search_coords", '[NaN, -75.61, 5]', "Latitude: expected a finite number, got nan"),
+    ("lon-1e400", "/search_coords", '[37.69, 1e400, 5]', "Longitude: expected a finite number, got inf"),
+]
+
+
+def _raw_body(template: str, image: str) -> str:
+    def box(match):
+        values = {"xmin": "150", "ymin": "240", "xmax": "240", "ymax": "320", match.group(1): match.group(2)}
+        return "{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}"
+
+    return '{"data": ' + re.sub(r"BOX (\w+) (\S+?)\]", lambda m: box(m) + "]", template).replace("IMAGE", image) + "}"
+
+
+def _expect_app_error(call, needle: str, kind=None) -> str:
+    """The call fails with ``needle`` in the message the client shows (gradio's AppError), no traceback, and not
+    gradio's generic "upstream app has raised an exception"."""
+    from gradio_client.exceptions import AppError
+
+    message = str(expect_error(call, exceptions=kind or AppError, match=re.escape(needle)))
+    assert not any(marker in message for marker in ("Traceback", 'File "', "KeyError", "upstream")), message
+    return message
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize("endpoint, make_args, needle", [c[1:] for c in BATTERY_ERRORS],
+                         ids=[c[0] for c in BATTERY_ERRORS])
+def test_battery_clear_error(client, battery_files, endpoint, make_args, needle):
+    args = make_args(battery_files)
+    _expect_app_error(lambda: client.predict(*args, api_name=endpoint), needle)
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize("endpoint, body, needle", [c[1:] for c in BATTERY_RAW], ids=[c[0] for c in BATTERY_RAW])
+def test_battery_raw_json_clear_error(space, endpoint, body, needle):
+    url = space[1]
+    data = _raw_body(body, json.dumps(upload(url, SAMPLE)))
+    _expect_app_error(lambda: raw_call(url, endpoint, data), needle, kind=StreamedError)
+
+
+def _gallery_ranking(space, item, instruction, k):
+    state = space[0].space
+    query = state.loaded.model.encode([item], prompt=instruction)[0]
+    return [state.gallery.tiles[i].id for i in np.argsort(-(state.gallery.vectors @ query), kind="stable")[:k]]
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize("name", ["gray16", "rgba", "palette", "tiny", "rotated"])
+def test_battery_unusual_images_are_read_as_encode_reads_them(space, client, app, battery_files, name):
+    """16-bit, RGBA, palette, 1x1 and EXIF-rotated uploads: the Space ranks the gallery exactly as the model ranks
+    it for the same file given to ``encode`` (the processor's rules: alpha onto white, 16-bit stretched,
+    EXIF orientation applied), or refuses the file with the processor's own message."""
+    path = battery_files[name]
+    try:
+        expected = _gallery_ranking(space, {"image": str(path)}, app.INSTRUCTIONS["image_to_image"], 5)
+    except ValueError as error:  # the processor refuses it: the Space must say the same
+        _expect_app_error(lambda: client.predict(annotated(path), "", 5, api_name="/search_image"),
+                          str(error).split(": ", 1)[1][:60])
+        return
+    result = _check_geo(space, client.predict(annotated(path), "", 5, api_name="/search_image"), 5)
+    assert [r["id"] for r in result["results"]] == expected
+    with Image.open(path) as original:
+        upright = (original.size[1], original.size[0]) if name == "rotated" else original.size
+    assert result["query"]["image_size"] == list(upright)
+    record_correct()
+
+
+@pytest.mark.battery
+def test_battery_grounding_on_a_1x1_image(client, battery_files):
+    """The smallest image: every window is the whole pixel, so one candidate comes back, covering it."""
+    _, _, result = client.predict(annotated(battery_files["tiny"]), "a field", ["1/2", "1/3"], 5, api_name="/ground")
+    assert result["image_size"] == [1, 1] and result["candidates"] == 1
+    assert [r["box"] for r in result["regions"]] == [[0.0, 0.0, 1.0, 1.0]]
+    record_correct()
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize("place, resolved", [("  zurich ,  switzerland ", "Zürich"), ("SÃO PAULO", "São Paulo"),
+                                             ("Paris, FR", "Paris")])
+def test_battery_place_names_fold_case_accents_and_spaces(space, client, app, place, resolved):
+    result = client.predict(place, 4, api_name="/search_place")[2]
+    query = result["query"]
+    assert query["resolved"]["name"] == resolved
+    expected = _gallery_ranking(space, {"coords": (query["lat"], query["lon"])}, app.INSTRUCTIONS["coords_to_image"], 4)
+    assert [r["id"] for r in result["results"]] == expected
+    record_correct()
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize("lat, lon", [(90, 180), (-90, -180), (0, 0), ("whole-number", 5)])
+def test_battery_coordinate_edges_give_the_models_ranking(space, client, app, lat, lon):
+    """The poles, the antimeridian, null island, and integers: valid coordinates, ranked as encode ranks them."""
+    if lat == "whole-number":
+        lat, lon = 37, -76  # ints, not floats
+    result = _check_geo(space, client.predict(lat, lon, 6, api_name="/search_coords"), 6)
+    expected = _gallery_ranking(space, {"coords": (lat, lon)}, app.INSTRUCTIONS["coords_to_image"], 6)
+    assert [r["id"] for r in result["results"]] == expected
+    record_correct()
+
+
+@pytest.mark.battery
+def test_battery_a_server_file_outside_the_uploads_is_refused(space):
+    """An attacker naming a server file as the image: gradio's own upload-folder check refuses it, by name."""
+    body = json.dumps({"data": [{"image": {"path": "/etc/passwd", "orig_name": "passwd",
+                                           "meta": {"_type": "gradio.FileData"}}, "boxes": []}, "", 3]})
+    message = _expect_app_error(lambda: raw_call(space[1], "/search_image", body),
+                                "Upload: refused a file path that was not uploaded to this app", kind=StreamedError)
+    assert "root:" not in message and "/etc/passwd" not in message
+
+
+def test_page_loads_print_nothing(space, capfd):
+    """gradio prints a line for every custom-component file a browser fetches; the Space keeps them at debug."""
+    import httpx
+    from gradio_image_annotation import image_annotator
+
+    capfd.readouterr()
+    url = space[1].rstrip("/") + f"/gradio_api/custom_component/{image_annotator.get_component_class_id()}"
+    assert httpx.get(f"{url}/client/component/index.js", timeout=30).status_code == 200  # the route that printed
+    out, err = capfd.readouterr()
+    assert "environment=client" not in out + err, out + err
 
 
 # ----------------------------------------------------------------------------------------------------------
