@@ -14,9 +14,15 @@ class EmbeddingCache:
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.path = Path(folder) / "embeddings.sqlite"
         self._db = sqlite3.connect(self.path)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS embeddings (model TEXT, key TEXT, vector BLOB, PRIMARY KEY (model, key))"
-        )
+        try:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (model TEXT, key TEXT, vector BLOB, PRIMARY KEY (model, key))"
+            )
+            self._db.execute("SELECT model, key, vector FROM embeddings LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as error:  # sqlite says "file is not a database", without the file's name
+            self._db.close()
+            raise ValueError(f"{self.path}: not an embedding cache ({error}); delete it (it is rebuilt) or pass "
+                             "another --cache-dir") from None
 
     def get_many(self, model: str, keys: list[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -48,7 +49,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _check_eval_args(args: argparse.Namespace) -> list[str] | None:
     """Everything `rsmeb eval` can check before the model loads (minutes on a 2B model): task names, the data
     folder and its task data, the model folder, the output folder, the batch size."""
-    from rsmeb_eval.dataset_io import has_task
+    from rsmeb_eval.cache import EmbeddingCache
+    from rsmeb_eval.dataset_io import check_parquet, has_task
     from rsmeb_eval.registry import get_tasks
     from vlm2geovec.cli import _check_out_folder, _positive, check_model_path
 
@@ -75,10 +77,20 @@ def _check_eval_args(args: argparse.Namespace) -> list[str] | None:
             if not split_file.is_file():
                 raise SystemExit(f"error: --data {args.data}: task {name} has no {args.split!r} split "
                                  f"({split_file} is missing)")
+            try:
+                check_parquet(split_file)
+            except ValueError as error:
+                raise SystemExit(f"error: {error}")
     _positive(args.batch_size, "--batch-size")
     _check_out_folder(args.out)
     if args.cache_dir:
         _check_out_folder(args.cache_dir, "--cache-dir")
+    cache_dir = None if args.no_cache else Path(args.cache_dir or Path(args.out) / "embedding_cache")
+    if cache_dir is not None and (cache_dir / "embeddings.sqlite").exists():
+        try:  # a damaged cache is found now, not after the model has loaded
+            EmbeddingCache(cache_dir).close()
+        except ValueError as error:
+            raise SystemExit(f"error: {error}")
     args.model = check_model_path(args.model)
     return args.tasks or None
 
@@ -95,8 +107,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise SystemExit(f"error: cannot load the model {args.model}: {reason}") from None
     cache_dir = None if args.no_cache else (args.cache_dir or str(Path(args.out) / "embedding_cache"))
+    # bars on a terminal only: in a log file the task bar and each encode's bar pile up as carriage-return garbage
+    bars = not args.quiet and sys.stderr.isatty()
+    if not args.quiet and not bars:
+        print(f"evaluating {args.model} on {len(tasks) if tasks else 'every'} RSMEB task(s) in {args.data}",
+              file=sys.stderr, flush=True)
     results = evaluate(encoder, args.data, tasks=tasks, split=args.split, cache_dir=cache_dir,
-                       batch_size=args.batch_size, show_progress_bar=not args.quiet)
+                       batch_size=args.batch_size, show_progress_bar=bars)
     paths = write_report(results, args.out)
     print(Path(paths["markdown"]).read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

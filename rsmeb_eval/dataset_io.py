@@ -127,13 +127,31 @@ def has_task(folder: str | os.PathLike, task: str) -> bool:
     return os.path.isdir(os.path.join(folder, "data", task))
 
 
+def check_parquet(path: str | os.PathLike) -> None:
+    """Read a parquet file's footer: a truncated or foreign file is a ValueError naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path).close()
+    except Exception as error:  # pyarrow raises ArrowInvalid or OSError, neither naming the file
+        raise ValueError(f"{path}: not a readable parquet file ({str(error).strip()[:200]})") from None
+
+
 def load_task(folder: str | os.PathLike, task: str, split: str = "test"):
-    """(queries, corpus) as `datasets.Dataset`s, offline, with exact features."""
+    """(queries, corpus) as `datasets.Dataset`s, offline, with exact features. A missing or damaged file is a
+    ValueError naming it (`datasets` would say neither which file nor why)."""
     from datasets import load_dataset
 
-    queries = load_dataset(str(folder), task, split=split)
-    corpus = load_dataset(str(folder), task + CORPUS_SUFFIX, split=split)
-    return queries, corpus
+    loaded = []
+    for config in (task, task + CORPUS_SUFFIX):
+        for path in sorted((Path(folder) / "data" / config).glob(f"{split}*.parquet")):  # the layout we write
+            check_parquet(path)
+        try:
+            loaded.append(load_dataset(str(folder), config, split=split))
+        except Exception as error:  # datasets raises many types, rarely naming the file
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise ValueError(f"{folder}: cannot load {config}/{split} ({type(error).__name__}: {reason})") from None
+    return loaded[0], loaded[1]
 
 
 def write_dataset(folder: str | os.PathLike, tasks: dict[str, dict[str, TaskData]], title: str = "RSMEB",

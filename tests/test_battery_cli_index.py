@@ -557,6 +557,22 @@ def test_rsmeb_eval_problems_are_refused_before_the_model_loads(nano_dir, rsmeb_
               r"--out .*afile is an existing file, not a folder")
 
 
+def test_rsmeb_eval_damaged_data_and_cache_are_named_before_the_model_loads(nano_dir, rsmeb_data, tmp_path,
+                                                                            cli_error, no_model):
+    data = shutil.copytree(rsmeb_data, tmp_path / "data")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "embeddings.sqlite").write_bytes(b"this is not an sqlite database" * 40)
+    base = ["rsmeb", "eval", "--model", nano_dir, "--data", data, "--out", tmp_path / "eval"]
+    cli_error([*base, "--cache-dir", cache], r"cache/embeddings\.sqlite: not an embedding cache")
+    _truncate(data / "data" / "S2Lite-SceneCls-corpus" / "test.parquet")
+    cli_error(base, r"S2Lite-SceneCls-corpus/test\.parquet: not a readable parquet file")
+    from rsmeb_eval.dataset_io import load_task
+
+    expect_error(lambda: load_task(data, "S2Lite-SceneCls", "test"), ValueError,
+                 r"S2Lite-SceneCls-corpus/test\.parquet: not a readable parquet file")
+
+
 # ------------------------------------------------------------------------------------------------ in-process API
 
 def test_api_errors_name_the_file(built, tmp_path, corpus):
