@@ -935,7 +935,8 @@ def _check_annotation(payload: Any, what: str) -> None:
     if not isinstance(payload, dict):
         raise _invalid(f"{what}: expected {{'image': <file>, 'boxes': [...]}}, got {_kind(payload)}.")
     image = payload.get("image")
-    if image is not None and not (isinstance(image, dict) and image.get("path") and isinstance(image.get("meta"), dict)):
+    uploaded = isinstance(image, dict) and image.get("path") and isinstance(image.get("meta"), dict)
+    if image is not None and not uploaded:
         raise _invalid(f"{what}: 'image' must be an uploaded file (gradio_client.handle_file), got {_kind(image)}.")
     boxes = payload.get("boxes", [])
     if boxes is None:

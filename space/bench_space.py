@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         cache = Path(tmp) / "cache"
         start = time.perf_counter()
         demo = app.build_app(cache_dir=cache)  # builds nano, loads it, embeds the gallery
-        rows.append(("cold start: build nano + load + embed the gallery (build_app)", f"{time.perf_counter() - start:.1f} s"))
+        rows.append(("cold start: build nano + load + embed the gallery (build_app)",
+                     f"{time.perf_counter() - start:.1f} s"))
         rows.append(("  of which: gallery embedding", f"{demo.space.gallery.seconds:.1f} s "
                      f"({len(demo.space.gallery.tiles)} tiles)"))
         start = time.perf_counter()
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
                 (f"/ground, first call ({windows} windows, 400x400)",
                  lambda: client.predict(image, "a dead tree", app.DEFAULT_SCALES, 5, api_name="/ground"), 1),
                 ("/ground, same image again (region embeddings reused)",
-                 lambda: client.predict(image, "a fallen log", app.DEFAULT_SCALES, 5, api_name="/ground"), args.repeats),
+                 lambda: client.predict(image, "a fallen log", app.DEFAULT_SCALES, 5, api_name="/ground"),
+                 args.repeats),
                 ("/caption_regions (2 boxes x 10 labels)",
                  lambda: client.predict({"image": handle_file(str(sample)), "boxes": [
                      {"xmin": 150, "ymin": 240, "xmax": 240, "ymax": 320},

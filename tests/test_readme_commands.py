@@ -52,7 +52,8 @@ NOT_RUN = {
     "vlm2geovec convert --backbone Qwen/Qwen2-VL-2B-Instruct --out out/vlm2geovec-2b --dtype bfloat16":
         "the paper-scale recipe: the 2B backbone from the Hub, GeoChat raw data, 8 GPUs",
     "torchrun --nproc_per_node 8 -m vlm2geovec.cli index build --model DIR --input scene.tif --out out/scene "
-    "--shard auto": "8 GPUs / a scheduler; placeholders (DIR, scene.tif); tests/test_corpus.py shards on 2 CPU processes",
+    "--shard auto": "8 GPUs / a scheduler; placeholders (DIR, scene.tif); tests/test_corpus.py shards on 2 CPU "
+                    "processes",
     "vlm2geovec index build --model MODEL --input ITEMS.jsonl --out out/index        # JSONL items (+ metadata)":
         "placeholders for your own data (MODEL, ITEMS.jsonl, SCENE.tif, QUERY.png, QUERIES.jsonl)",
     "python space/app.py                        # offline nano model; or --model out/quickstart/model":
