@@ -500,3 +500,30 @@ def test_saved_files_follow_the_umask(_nano, tmp_path, umask):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
     assert modes["model.safetensors"] == 0o666 & ~umask
     assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The offline tokenizer's cache (vlm2geovec.tokenizer): derived data, so a damaged copy is rebuilt, never used
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize("damage", ["tokenizer.json garbage", "tokenizer.json truncated",
+                                    "tokenizer_config.json deleted", "tokenizer_config.json garbage"])
+def test_damaged_tokenizer_cache_is_not_used(damage, processor, tmp_path):
+    from vlm2geovec import tokenizer as offline_tokenizer
+
+    del processor  # requested only so that the session processor has built (or loaded) the cache
+    source = offline_tokenizer._cache_root() / f"qwen2-vl-tokenizer-{offline_tokenizer.QWEN_TIKTOKEN_SHA256[:12]}"
+    cache = tmp_path / "cache"
+    shutil.copytree(source, cache, copy_function=_link_or_copy)
+    CORRUPTIONS[damage](cache)
+    assert offline_tokenizer._load_cached(cache) is None
+    record_correct()
+
+
+def test_intact_tokenizer_cache_is_used(processor, tmp_path):
+    from vlm2geovec import tokenizer as offline_tokenizer
+
+    source = offline_tokenizer._cache_root() / f"qwen2-vl-tokenizer-{offline_tokenizer.QWEN_TIKTOKEN_SHA256[:12]}"
+    cached = offline_tokenizer._load_cached(source)
+    assert cached is not None and cached("a river delta")["input_ids"] == processor.tokenizer("a river delta")["input_ids"]
