@@ -476,6 +476,24 @@ def test_info_and_export_paths(index_copy, tmp_path, cli_error):
     cli_error(["index", "export", index_copy, "--to", tmp_path / "afile" / "v.parquet"], r"afile is a file, not a folder")
 
 
+def test_an_os_error_deep_in_a_command_is_one_error_line(index_copy, tmp_path, cli_error, monkeypatch):
+    """The last-resort guard in `main`: a disk-full OSError inside the parquet writer, a multi-line ValueError."""
+    from vlm2geovec.index import VectorIndex
+
+    def disk_full(self, path, batch_rows=65_536):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(VectorIndex, "export_parquet", disk_full)
+    cli_error(["index", "export", index_copy, "--to", tmp_path / "v.parquet"],
+              r"No space left on device: .*v\.parquet")
+
+    def two_lines(self, path, batch_rows=65_536):
+        raise ValueError(f"{path}: first line\nsecond line")
+
+    monkeypatch.setattr(VectorIndex, "export_parquet", two_lines)
+    cli_error(["index", "export", index_copy, "--to", tmp_path / "v.parquet"], r"v\.parquet: first line second line")
+
+
 # ------------------------------------------------------------------------------------------------ search
 
 def test_search_argument_problems(built, tmp_path, cli_error, no_model):
