@@ -53,11 +53,12 @@ def looks_like_local_path(name: str | os.PathLike) -> bool:
     return "/" in name and os.path.isdir(os.path.expanduser(name.split("/", 1)[0]))
 
 
-def check_local_folder(name: str | os.PathLike) -> None:
+def check_local_folder(name: str | os.PathLike, allow_file: bool = False) -> None:
     """Refuse at once a local-looking path (see `looks_like_local_path`) that is not a folder, instead of
-    letting the Hub client retry a repository that cannot exist (minutes without a network)."""
+    letting the Hub client retry a repository that cannot exist (minutes without a network). ``allow_file``
+    accepts an existing file too (a config may be loaded from its JSON file)."""
     path = os.path.expanduser(os.fspath(name))
-    if os.path.isdir(path) or not looks_like_local_path(name):
+    if os.path.isdir(path) or (allow_file and os.path.isfile(path)) or not looks_like_local_path(name):
         return
     if os.path.exists(path):
         raise NotADirectoryError(
@@ -257,25 +258,27 @@ class VLM2GeoVecConfig(Qwen2VLConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        name = os.fspath(pretrained_model_name_or_path)
+        where = name if os.path.isfile(name) else os.path.join(name, kwargs.get("subfolder") or "", CONFIG_NAME)
         # transformers returns {} for a repository or folder without config.json, and this class would then build
         # Qwen2-VL-72B-sized defaults (killed for memory before any weight is read).
         if not config_dict:
-            where = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "", CONFIG_NAME)
             raise FileNotFoundError(f"{where} not found: this is not a VLM2GeoVec checkpoint; {MAKE_A_CHECKPOINT}")
-        check_config_dict(config_dict, os.path.join(os.fspath(pretrained_model_name_or_path), CONFIG_NAME))
+        check_config_dict(config_dict, where)
         return config_dict, unused
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        check_local_folder(pretrained_model_name_or_path)
-        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        check_local_folder(pretrained_model_name_or_path, allow_file=True)
+        name = os.fspath(pretrained_model_name_or_path)
+        folder = os.path.join(name, kwargs.get("subfolder") or "")
         if os.path.isdir(folder):
             check_config_file(folder)
+        path = name if os.path.isfile(name) else os.path.join(folder, CONFIG_NAME)
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (ValueError, TypeError) as error:
             # A field that fails validation (e.g. num_hidden_layers without matching layer_types): name the file.
-            path = os.path.join(folder, CONFIG_NAME)
             if path in str(error):
                 raise
             message = str(error) if str(error).startswith(INVALID_CONFIG) else f"{INVALID_CONFIG}: {error}"

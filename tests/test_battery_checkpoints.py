@@ -527,3 +527,27 @@ def test_intact_tokenizer_cache_is_used(processor, tmp_path):
     source = offline_tokenizer._cache_root() / f"qwen2-vl-tokenizer-{offline_tokenizer.QWEN_TIKTOKEN_SHA256[:12]}"
     cached = offline_tokenizer._load_cached(source)
     assert cached is not None and cached("a river delta")["input_ids"] == processor.tokenizer("a river delta")["input_ids"]
+
+
+@pytest.mark.battery
+def test_config_from_its_json_file(nano_dir, damaged):
+    """A config still loads from the path of its JSON file (transformers allows it); a wrong one is named."""
+    from modeling_vlm2geovec import VLM2GeoVecConfig
+
+    config = VLM2GeoVecConfig.from_pretrained(str(nano_dir / "config.json"))
+    assert config.to_dict() == VLM2GeoVecConfig.from_pretrained(str(nano_dir)).to_dict()
+    assert config.text_config.num_hidden_layers == 2
+    record_correct()
+    CORRUPTIONS["config.json model_type bert"](damaged)
+    expect_error(lambda: VLM2GeoVecConfig.from_pretrained(str(damaged / "config.json")), ValueError,
+                 [re.escape(str(damaged / "config.json")) + r": model_type 'bert'"])
+
+
+def test_model_save_pretrained_follows_the_umask(nano_model, tmp_path):
+    """Plain transformers users save with ``save_pretrained``: the weights get the umask's mode too."""
+    previous = os.umask(0o022)
+    try:
+        nano_model.save_pretrained(tmp_path / "saved")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "saved" / "model.safetensors").stat().st_mode) == 0o644
