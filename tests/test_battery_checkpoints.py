@@ -551,3 +551,37 @@ def test_model_save_pretrained_follows_the_umask(nano_model, tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "saved" / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_pure_remote_code_refuses_damaged_checkpoints(nano_dir, tmp_path):
+    """In a process that never imports vlm2geovec, AutoModel runs the checkpoint's own copy of the code (in this
+    session the installed classes are registered and take over): the refusals must be in that copy."""
+    from tests.conftest import run_python
+
+    folders = {}
+    for kind in ("tensor dropped", "text layers +1", "weights truncated to half", "config.json model_type bert"):
+        folder = tmp_path / kind.replace(" ", "_").replace(".", "_")
+        shutil.copytree(nano_dir, folder, copy_function=_link_or_copy)
+        CORRUPTIONS[kind](folder)
+        folders[kind] = str(folder)
+    code = f"""
+import json, sys
+from transformers import AutoModel
+results = {{}}
+for kind, folder in {folders!r}.items():
+    try:
+        AutoModel.from_pretrained(folder, trust_remote_code=True)
+        results[kind] = "loaded"
+    except ValueError as error:
+        results[kind] = str(error)
+model = AutoModel.from_pretrained({str(nano_dir)!r}, trust_remote_code=True)
+assert "vlm2geovec" not in sys.modules and "modeling_vlm2geovec" not in sys.modules
+results["module"] = type(model).__module__
+print(json.dumps(results))
+"""
+    results = json.loads(run_python(code, tmp_path).strip().splitlines()[-1])
+    assert results.pop("module").startswith("transformers_modules.")
+    assert re.search(r"missing from the file: 1 weight \(language_model\.norm\.weight\)", results["tensor dropped"])
+    assert re.search(r"missing from the file: 12 weights", results["text layers +1"])
+    assert re.search(r"model\.safetensors is not a complete safetensors file", results["weights truncated to half"])
+    assert re.search(r"model_type 'bert' is not a VLM2GeoVec checkpoint", results["config.json model_type bert"])
