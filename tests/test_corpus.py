@@ -386,6 +386,20 @@ def test_an_edited_line_re_embeds_only_its_chunk(model, corpus_jsonl, tmp_path, 
     make_image(64, 64, seed=99).save(folder / "tile3.png")
     build_corpus_index(counting, open_source(items), tmp_path / "idx", chunk_size=3, show_progress_bar=False)
     assert len(counting.calls) == 1 and counting.calls[0][0] == {"image": str(folder / "tile3.png")}
+    # an image edited in place with its size and modification time kept (cp -p, sync tools): still re-embedded
+    make_image(64, 64, seed=100).save(folder / "tile3.png", compress_level=0)  # stored blocks: size set by the pixels
+    build_corpus_index(model, open_source(items), tmp_path / "idx", chunk_size=3, show_progress_bar=False)
+    before = os.stat(folder / "tile3.png")
+    make_image(64, 64, seed=101).save(folder / "tile3.png", compress_level=0)
+    os.utime(folder / "tile3.png", ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(folder / "tile3.png")
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    counting.calls.clear()
+    index = build_corpus_index(counting, open_source(items), tmp_path / "idx", chunk_size=3, show_progress_bar=False)
+    assert len(counting.calls) == 1 and counting.calls[0][0] == {"image": str(folder / "tile3.png")}
+    direct = model.encode([{"image": str(folder / "tile3.png")}], convert_to_numpy=True, normalize_embeddings=True)[0]
+    position = next(i for i, line in enumerate(items.read_text().splitlines()) if "tile3.png" in line)
+    np.testing.assert_allclose(vectors_of(index)[position], direct, atol=1e-5)
 
 
 def test_an_edited_dataset_row_re_embeds_only_its_chunk(model, tmp_path):

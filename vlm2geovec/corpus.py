@@ -144,13 +144,28 @@ def _update_digest(digest, value: Any) -> None:
 
 
 def _file_identity(path: str) -> list:
-    """Size and modification time of a file an item refers to (reading every image on each resume would cost as
-    much I/O as embedding them): a replaced image counts as a changed input."""
+    """The content hash of a file an item refers to: an image edited in place (even with its size and modification
+    time kept, as `cp -p` or a sync tool does) counts as a changed input. Hashing reads the file once more, at disk
+    speed, which costs little next to decoding and embedding it; a file seen twice in one run is hashed once."""
     try:
         stat = os.stat(path)
     except OSError:
         return [path, None]
-    return [path, stat.st_size, stat.st_mtime_ns]
+    key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)  # ctime: any write or utime moves it
+    known = _FILE_HASHES.get(key)
+    if known is None:
+        digest = hashlib.blake2b(digest_size=20)
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            return [path, None]
+        known = _FILE_HASHES[key] = digest.hexdigest()
+    return [path, known]
+
+
+_FILE_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode, ctime) -> content hash, for the span of a process
 
 
 @dataclass
@@ -183,7 +198,7 @@ class JsonlSource:
             normalize_item(item, f"{self.where(position)}: item", decode_images=False, **extra)
 
     def chunk_digest(self, start: int, stop: int) -> str:
-        """sha256 of the chunk's line bytes and of its image files' identity (size, modification time)."""
+        """sha256 of the chunk's line bytes and of its image files' content hashes."""
         digest = hashlib.sha256()
         for position in range(start, min(stop, len(self))):
             _update_digest(digest, self.lines[position] if self.lines else json.dumps(self.records[position][0]))
@@ -528,7 +543,7 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
     """Embed this shard's chunks of `source` into ``<out>/parts``; return the chunk numbers written now.
 
     Each chunk file records a content digest of the input it covers (`chunk_digest`: JSONL line bytes and image
-    file identity; dataset rows as stored; the raster's bytes and the tile windows). A chunk already there is
+    file contents; dataset rows as stored; the raster's bytes and the tile windows). A chunk already there is
     kept only when its digest matches the input now: a chunk whose input was edited since (same line count, so
     the same manifest), an unreadable chunk file, or one without a digest is **embedded again**, and a line on
     stderr names it. A changed model, instruction, chunk size or position count is refused by the manifest.
