@@ -229,8 +229,9 @@ def stretch_to_uint8(
 
     Args:
         array: ``(H, W)`` or ``(H, W, bands)`` pixels of any numeric dtype.
-        scale: ``"auto"``: each band's 2nd..98th percentile over its finite (and `valid`) pixels; or one fixed
-            ``(low, high)`` for every band.
+        scale: ``"auto"``: each band's 2nd..98th percentile over its finite (and `valid`) pixels; one fixed
+            ``(low, high)`` for every band; or a ``(bands, 2)`` array of per-band limits (the GeoTIFF tiler's
+            raster-wide percentiles).
         valid: optional ``(H, W)`` mask of the pixels that count for the percentiles (nodata excluded).
 
     Non-finite pixels become 0. A band whose percentiles coincide is stretched over ``(low, low + 1)``.
@@ -240,7 +241,7 @@ def stretch_to_uint8(
     squeeze = data.ndim == 2
     if squeeze:
         data = data[:, :, None]
-    if scale == "auto":
+    if isinstance(scale, str) and scale == "auto":
         limits = []
         for band in range(data.shape[2]):
             values = data[:, :, band]
@@ -251,6 +252,11 @@ def stretch_to_uint8(
             low, high = np.percentile(values, STRETCH_PERCENTILES)
             limits.append((low, high if high > low else low + 1.0))
         low, high = np.array(limits).T
+    elif np.ndim(scale) == 2:
+        limits = np.asarray(scale, dtype=np.float64)
+        if limits.shape != (data.shape[2], 2) or not np.isfinite(limits).all() or not (limits[:, 0] < limits[:, 1]).all():
+            raise ValueError(f"scale: expected {data.shape[2]} finite (low, high) pairs with low < high, got {scale!r}")
+        low, high = limits[:, 0], limits[:, 1]
     else:
         low, high = check_image_scale(scale, "scale")
     out = np.clip((data - low) * (255.0 / (high - low)), 0.0, 255.0)

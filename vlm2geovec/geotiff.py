@@ -39,8 +39,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from processing_vlm2geovec import STRETCH_PERCENTILES, stretch_to_uint8
+
 EDGES = ("drop", "pad")
-STRETCH_PERCENTILES = (2.0, 98.0)
 AUTO_SCALE_PIXELS = 1024 * 1024  # the decimated read that estimates the stretch
 
 
@@ -216,16 +217,14 @@ class GeoTiffTiler:
         return pixels, nodata
 
     def _to_rgb(self, pixels: np.ndarray, nodata: np.ndarray) -> Image.Image:
-        if self.scale is None:
-            out = np.clip(pixels, 0, 255)
-        else:
-            low, high = self.scale[:, 0, None, None], self.scale[:, 1, None, None]
-            out = np.clip((pixels - low) / (high - low) * 255.0, 0, 255)
-        out = np.floor(np.nan_to_num(out, nan=0.0) + 0.5).astype(np.uint8)
-        out[:, nodata] = 0
-        if out.shape[0] == 1:
-            out = np.repeat(out, 3, axis=0)
-        return Image.fromarray(np.ascontiguousarray(out.transpose(1, 2, 0)), mode="RGB")
+        if self.scale is None:  # 8-bit data: as it is
+            out = np.floor(np.nan_to_num(np.clip(pixels, 0, 255), nan=0.0) + 0.5).astype(np.uint8).transpose(1, 2, 0)
+        else:  # the processor's stretch (one home), with this raster's per-band limits
+            out = stretch_to_uint8(pixels.transpose(1, 2, 0), self.scale)
+        out[nodata] = 0
+        if out.shape[2] == 1:
+            out = np.repeat(out, 3, axis=2)
+        return Image.fromarray(np.ascontiguousarray(out), mode="RGB")
 
     def tile(self, position: int) -> Tile | None:
         """The tile at grid `position`, or None when its nodata share is above `max_nodata`."""
