@@ -41,3 +41,99 @@ def test_quickstart_learns_on_held_out_tasks(tmp_path):
     with torch.no_grad():
         hf = model(**processor(items=items)).embeddings
     assert (hf - st).abs().max().item() <= 1e-5
+
+
+# --------------------------------------------------------------------------------------------------------
+# Several seeds, the committed artifact and the README table rendered from it
+
+SUMMARY = "docs/quickstart/summary.json"
+
+
+def test_readme_table_is_rendered_from_the_committed_artifact():
+    from tests.conftest import REPO_ROOT
+    from vlm2geovec_train.quickstart import TABLE_END, TABLE_START, load_summary, render_table, replace_readme_table
+
+    summary = load_summary(REPO_ROOT / SUMMARY)
+    seeds = [record["seed"] for record in summary["seeds"]]
+    assert seeds and seeds == sorted(set(seeds))
+    for record in summary["seeds"]:  # a full nano recipe run on all nine RSMEB-lite tasks, really timed
+        assert record["max_steps"] == 1200 and len(record["tasks"]) == 9 and record["timing_s"]["train"] > 0
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
+    assert block == "\n" + render_table(summary)
+    assert replace_readme_table(readme, render_table(summary)) == readme  # the render command changes nothing
+
+
+def fake_summary(seeds=(0, 1)):
+    def run(seed):
+        delta = 0.1 * seed
+        return {"seed": seed, "max_steps": 1200, "batch_size": 32, "timing_s": {"total": 200.0 + seed},
+                "cpu_s": {"total": 300.0, "train": 240.0}, "load_average_1min": [1.0, 2.5 + seed],
+                "tasks": {"T": {"family": "vqa", "metric": "p@1", "n_queries": 24, "chance": 0.25,
+                                "before": 0.2 + delta, "after": 0.5 + 2 * delta}},
+                "families": {"vqa": {"chance": 0.25, "before": 0.2 + delta, "after": 0.5 + 2 * delta}},
+                "overall": {"before": 0.2 + delta, "after": 0.5 + 2 * delta}}
+
+    return {"environment": {"cpu_count": 2, "torch_threads": 2}, "seeds": [run(s) for s in seeds]}
+
+
+def test_render_table_reports_mean_and_range_over_seeds(tmp_path):
+    from vlm2geovec_train.quickstart import TABLE_END, TABLE_START, main, render_table
+
+    table = render_table(fake_summary())
+    # after 0.6 over 24 queries: standard error sqrt(0.6 * 0.4 / 24) = 0.100
+    assert "| T | vqa | 24 | 0.250 | 0.250 (0.200–0.300) | 0.600 (0.500–0.700) | 0.100 | +0.350 |" in table
+    assert "before 0.250 (0.200–0.300), after 0.600 (0.500–0.700) (+0.350)" in table
+    single = render_table(fake_summary((0,)))  # one seed: no range, the standard error still says how noisy
+    assert single.startswith("Seed 0; 1,200 steps of batch 32; P@1 on RSMEB-lite test, one seed;")
+    assert "| T | vqa | 24 | 0.250 | 0.200 | 0.500 | 0.102 | +0.300 |" in single
+    assert ("3 min 20 s–3 min 21 s wall on 2 CPU cores shared with other jobs (1-minute load average 1.0–3.5, "
+            "2 torch threads); 5 min 00 s–5 min 00 s of CPU time, 0.20–0.20 CPU-seconds per training step.") in table
+    # The one command: --report-only DIR --readme README replaces only the marked block.
+    (tmp_path / "summary.json").write_text(__import__("json").dumps(fake_summary()))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{TABLE_START}\nold table\n{TABLE_END}\noutro\n")
+    assert main(["--report-only", str(tmp_path), "--readme", str(readme)]) == 0
+    assert readme.read_text() == f"intro\n{TABLE_START}\n{table}{TABLE_END}\noutro\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="quickstart-table"):
+        main(["--report-only", str(tmp_path), "--readme", str(readme)])
+
+
+@pytest.mark.slow
+def test_quickstart_over_seeds_writes_a_summary(tmp_path):
+    from rsmeb_eval.builders.lite import build_lite
+    from rsmeb_eval.dataset_io import write_dataset
+    from vlm2geovec_train.quickstart import load_summary, main, quickstart_seeds, render_table
+
+    task = "NEONLite-GeoLoc"  # 9 test queries: the cheapest task with a train split
+    data = write_dataset(tmp_path / "lite", {task: build_lite(seed=0)[task]}, "RSMEB-lite subset")
+    summary = quickstart_seeds(tmp_path / "runs", [0, 1], max_steps=2, tasks=[task], data_dir=data)
+    assert load_summary(tmp_path / "runs") == summary
+    assert [r["seed"] for r in summary["seeds"]] == [0, 1]
+    for record in summary["seeds"]:
+        assert record["tasks"][task]["n_queries"] == 9 and record["max_steps"] == 2
+        assert record["timing_s"]["train"] > 0 and record["cpu_s"]["total"] > 0
+        assert (tmp_path / "runs" / f"seed-{record['seed']}" / "after" / "results.json").is_file()
+    # Different seeds, different initial weights: the untrained scores are not one number copied twice.
+    before = [r["tasks"][task]["before"] for r in summary["seeds"]]
+    nano = [(tmp_path / "runs" / f"seed-{s}" / "nano" / "model.safetensors").read_bytes() for s in (0, 1)]
+    assert nano[0] != nano[1], before
+    assert summary["environment"]["versions"]["torch"] and summary["environment"]["cpu_count"]
+    assert render_table(summary) in (tmp_path / "runs" / "report.md").read_text()
+    assert main(["--report-only", str(tmp_path / "runs")]) == 0
+
+
+def test_merge_summaries_of_separate_seed_runs():
+    from vlm2geovec_train.quickstart import merge_summaries, render_table
+
+    one, two = fake_summary((1,)), fake_summary((0,))
+    merged = merge_summaries([one, two])
+    assert [r["seed"] for r in merged["seeds"]] == [0, 1]
+    assert render_table(merged) == render_table(fake_summary((0, 1)))
+    with pytest.raises(ValueError, match="same seed"):
+        merge_summaries([one, one])
+    other = fake_summary((2,))
+    other["environment"]["torch_threads"] = 4
+    with pytest.raises(ValueError, match="different machines or versions"):
+        merge_summaries([one, other])
