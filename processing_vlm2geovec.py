@@ -1179,6 +1179,27 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         mm_token_type_ids = (input_ids == self.image_token_id).to(torch.int32) * attention_mask.to(torch.int32)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
 
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the weights that shapes the vectors of an item (JSON-able): indexes record it, so
+        that a query is never prepared differently from the corpus it is searched against."""
+        ip = self.image_processor
+        added = self.tokenizer.get_added_vocab()
+        return {
+            "input_format_version": self.input_format_version,
+            "coord_precision": self.coord_precision,
+            "max_length": self.length_limit(),
+            "image_scale": list(self._image_scale()) if isinstance(self._image_scale(), tuple) else self._image_scale(),
+            "image_processor": {
+                key: (list(value) if isinstance(value, tuple) else value)
+                for key, value in (("size", dict(ip.size)), ("patch_size", ip.patch_size), ("merge_size", ip.merge_size),
+                                   ("temporal_patch_size", ip.temporal_patch_size), ("resample", int(ip.resample)),
+                                   ("do_resize", ip.do_resize), ("do_rescale", ip.do_rescale),
+                                   ("rescale_factor", ip.rescale_factor), ("do_normalize", ip.do_normalize),
+                                   ("image_mean", list(ip.image_mean)), ("image_std", list(ip.image_std)))
+            },
+            "tokenizer": {"vocab_size": len(self.tokenizer), "added_tokens": dict(sorted(added.items()))},
+        }
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"]

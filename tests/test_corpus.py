@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import REPO_ROOT, make_image
 from vlm2geovec import load_model
@@ -443,3 +444,46 @@ def test_progress_in_a_log_is_one_plain_display(model, corpus_jsonl, tmp_path, c
     err = capsys.readouterr().err
     assert "\r" not in err and "embedding: 8/8 pos (100%)" in err
     assert not re.search(r"\d+%\|", err)
+
+
+def test_processor_settings_are_recorded_and_guard_search(nano_dir, tmp_path, capsys):
+    """16-bit images: the index records how they were read (image_scale), `search` reads query images the same
+    way, and a model whose processor prepares items differently is refused (its vectors are not comparable)."""
+    import shutil
+
+    from vlm2geovec.cli import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    bands = [rng.integers(0, 4000, (48, 64)).astype(np.uint16) for _ in range(3)]
+    for i, band in enumerate(bands):
+        Image.fromarray(band).save(folder / f"band{i}.png")  # 16-bit grey PNGs (mode I;16)
+    (folder / "items.jsonl").write_text("".join(json.dumps({"image": f"band{i}.png"}) + "\n" for i in range(3)))
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--model", str(nano_dir), "--input", str(folder / "items.jsonl"), "--out", str(out),
+                 "--image-scale", "0,3000", "--quiet"]) == 0
+    info = json.loads((out / "index.json").read_text())
+    assert info["build"]["preprocessing"]["image_scale"] == [0.0, 3000.0]
+    # the stored vector is the one encode gives with that scale
+    model = load_model(str(nano_dir), device="cpu")
+    model[0].processor.image_scale = [0, 3000]
+    expected = model.encode([{"image": str(folder / "band1.png")}], convert_to_numpy=True, normalize_embeddings=True)[0]
+    np.testing.assert_allclose(vectors_of(VectorIndex.load(out))[1], expected, atol=1e-5)
+    # search with the same image as the query finds it first, read with the index's scale (not auto)
+    capsys.readouterr()
+    assert main(["search", "--index", str(out), "--image", str(folder / "band1.png"), "-k", "1", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["position"] == 1 and hits[0]["score"] > 0.9999
+    # a resumed build with another scale is other work: refused, naming the difference
+    with pytest.raises(SystemExit, match=r"differs in preprocessing"):
+        main(["index", "build", "--model", str(nano_dir), "--input", str(folder / "items.jsonl"), "--out", str(out),
+              "--quiet"])
+    # a model whose processor has another pixel budget: its query vectors would not be comparable
+    other = tmp_path / "other-model"
+    shutil.copytree(nano_dir, other)
+    config = json.loads((other / "processor_config.json").read_text())
+    config["image_processor"]["size"]["longest_edge"] = 28 * 28 * 16
+    (other / "processor_config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"prepares items differently.*image_processor"):
+        main(["search", "--index", str(out), "--model", str(other), "--query", "x"])

@@ -111,6 +111,30 @@ def _add_preprocess_args(parser: argparse.ArgumentParser) -> None:
                         help="look-ahead preprocessing workers (default: up to 8 on GPU, 0 on CPU)")
     parser.add_argument("--preprocess-backend", choices=["thread", "process"], default=None,
                         help="run them as threads (default) or spawned processes")
+    _add_image_scale_arg(parser, "the model's processor setting (auto unless saved otherwise)")
+
+
+def _add_image_scale_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--image-scale", default=None, metavar="auto|none|LOW,HIGH",
+                        help="16-bit and wider images: auto (2-98 percentile stretch per band), none (refuse them) "
+                             f"or LOW,HIGH (a fixed range for every image); default: {default}")
+
+
+def _image_scale(value: str | None):
+    """``--image-scale`` -> the processor's ``image_scale`` (or None when the option is absent: keep the model's)."""
+    if value is None:
+        return None
+    if value.strip().lower() in ("auto", "none"):
+        return value.strip().lower()
+    low, high = _parse_numbers(value, "--image-scale", count=2)
+    if not low < high:
+        raise SystemExit(f"error: --image-scale needs LOW < HIGH; got {value!r}")
+    return [low, high]
+
+
+def _set_image_scale(model, scale) -> None:
+    if scale is not None:
+        model[0].processor.image_scale = None if scale == "none" else scale
 
 
 def load_model_or_exit(path: str, device: str | None = None):
@@ -131,11 +155,13 @@ def load_model_or_exit(path: str, device: str | None = None):
 
 
 def _load_for_encoding(args: argparse.Namespace, device: str | None):
+    scale = _image_scale(args.image_scale)  # a bad value is named before minutes of loading
     model = load_model_or_exit(args.model, device=device)
     if args.preprocess_workers is not None:
         model[0].preprocess_workers = args.preprocess_workers
     if args.preprocess_backend is not None:
         model[0].preprocess_backend = args.preprocess_backend
+    _set_image_scale(model, scale)
     return model
 
 
@@ -345,10 +371,11 @@ def search_query_item(text: str | None = None, image: str | None = None, bbox: S
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from vlm2geovec.corpus import read_items_jsonl
-    from vlm2geovec.index import VectorIndex, fingerprint_mismatch
+    from vlm2geovec.index import VectorIndex, fingerprint_mismatch, preprocessing_mismatch
     from processing_vlm2geovec import normalize_item
 
     _positive(args.k, "-k")
+    _image_scale(args.image_scale)  # named before the model loads
     model_path = check_model_path(args.model) if args.model is not None else None
     try:
         index = VectorIndex.load(args.index)
@@ -383,6 +410,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
         model_path = check_model_path(named, option="the index's model")
     model = load_model_or_exit(model_path, device=args.device)
     mismatch = fingerprint_mismatch(index.fingerprint, model, model_path)
+    recorded = index.build_info.get("preprocessing") or {}
+    # query images are read as the corpus' were, unless asked otherwise
+    scale = _image_scale(args.image_scale)
+    if scale is None and "image_scale" in recorded:
+        scale = "none" if recorded["image_scale"] is None else recorded["image_scale"]
+    _set_image_scale(model, scale)
+    mismatch = mismatch or preprocessing_mismatch(recorded, model, model_path, ignore=("image_scale",))
     if mismatch:
         raise SystemExit(f"error: {mismatch}")
     try:
@@ -619,6 +653,7 @@ def _add_index_parsers(sub) -> None:
                         help="S,W,N,E in degrees: only vectors whose lat/lon lie inside (west > east crosses 180°)")
     search.add_argument("-k", type=int, default=10, help="results (default 10)")
     search.add_argument("--instruction", default=None, help="query instruction (prompt)")
+    _add_image_scale_arg(search, "the one the index was built with")
     search.add_argument("--model", default=None, help="default: the model named in the index")
     search.add_argument("--ef-search", type=int, default=None, help="HNSW search effort for this query")
     search.add_argument("--nprobe", type=int, default=None, help="IVF lists searched for this query")

@@ -12,8 +12,9 @@ chunks of `chunk_size` consecutive positions; chunk ``c`` belongs to shard ``c %
 file ``<out>/parts/chunk-<c>.npz`` (vectors + metadata), written atomically, so an interrupted run resumes where
 it stopped and `n` processes (``--shard i/n``, or torchrun/accelerate ranks) share one output folder without
 coordination. `merge_parts` then reads every chunk in order: the merged vectors and metadata do not depend on how
-many shards made them. A manifest (``parts/manifest.json``) pins the source, chunk size, model fingerprint and
-instruction, so a resumed or sharded run cannot mix in chunks made from other inputs or another model.
+many shards made them. A manifest (``parts/manifest.json``) pins the source, chunk size, model fingerprint,
+processor settings (`VLM2GeoVecProcessor.settings`) and instruction, so a resumed or sharded run cannot mix in
+chunks made from other inputs, another model or other preprocessing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from rsmeb_eval.assets import atomic_write
-from vlm2geovec.index import VectorIndex, model_fingerprint, validate_metadata
+from vlm2geovec.index import VectorIndex, model_fingerprint, model_preprocessing, validate_metadata
 
 PARTS_DIR, MANIFEST_FILE = "parts", "manifest.json"
 DEFAULT_CHUNK_SIZE = 1024
@@ -546,7 +547,7 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
     file contents; dataset rows as stored; the raster's bytes and the tile windows). A chunk already there is
     kept only when its digest matches the input now: a chunk whose input was edited since (same line count, so
     the same manifest), an unreadable chunk file, or one without a digest is **embedded again**, and a line on
-    stderr names it. A changed model, instruction, chunk size or position count is refused by the manifest.
+    stderr names it. A changed model, processor setting, instruction, chunk size or position count is refused by the manifest.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
@@ -557,7 +558,8 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
     parts.mkdir(parents=True, exist_ok=True)
     chunks = chunk_count(source, chunk_size)
     _check_manifest(parts, {"source": source.describe(), "chunk_size": chunk_size,
-                            "model_fingerprint": model_fingerprint(model), "instruction": instruction, "chunks": chunks})
+                            "model_fingerprint": model_fingerprint(model), "instruction": instruction,
+                            "preprocessing": model_preprocessing(model), "chunks": chunks})
     mine = [c for c in range(chunks) if c % count == index]
     todo, notes = [], []
     digests = {}
@@ -646,7 +648,8 @@ def index_from_parts(out: str | os.PathLike, kind: str = "auto", build_info: dic
     vectors, metadata, manifest = merge_parts(out)
     if len(vectors) == 0:
         raise ValueError(f"{out}: every position was skipped (e.g. all tiles were nodata): nothing to index")
-    info = {"source": manifest["source"], "instruction": manifest["instruction"], **(build_info or {})}
+    info = {"source": manifest["source"], "instruction": manifest["instruction"],
+            "preprocessing": manifest.get("preprocessing"), **(build_info or {})}
     index = VectorIndex.build(vectors, metadata, kind=kind, fingerprint=manifest["model_fingerprint"],
                               build_info=info, **params)
     index.save(out)

@@ -153,6 +153,34 @@ def fingerprint_mismatch(expected: str | None, model, model_name: str) -> str | 
     return None
 
 
+def model_preprocessing(model) -> dict | None:
+    """The processor settings that shape a model's vectors besides its weights (`VLM2GeoVecProcessor.settings`), or
+    None for a model without a VLM2GeoVec processor."""
+    for candidate in (model, getattr(model, "_first_module", lambda: None)()):
+        processor = getattr(candidate, "processor", None)
+        if processor is not None and hasattr(processor, "settings"):
+            return processor.settings()
+    try:
+        return model[0].processor.settings()
+    except (TypeError, AttributeError, IndexError, KeyError):
+        return None
+
+
+def preprocessing_mismatch(recorded: dict | None, model, model_name: str, ignore: tuple[str, ...] = ()) -> str | None:
+    """None when `model` prepares items as `recorded` says the index's vectors were prepared; else which settings
+    differ, in words (JSON round trips turn tuples into lists, so both sides are compared as JSON)."""
+    current = model_preprocessing(model)
+    if not recorded or current is None:
+        return None
+    differing = sorted(key for key in set(recorded) | set(current) if key not in ignore
+                       and json.dumps(recorded.get(key), sort_keys=True) != json.dumps(current.get(key), sort_keys=True))
+    if not differing:
+        return None
+    return (f"{model_name} prepares items differently from the ones this index was built with (processor settings "
+            f"{', '.join(differing)} differ): its query vectors would not be comparable; use the processor settings "
+            "the index records (index.json, build.preprocessing) or rebuild the index")
+
+
 class VectorIndex:
     """Cosine-similarity search over unit-normalised vectors with per-vector metadata. Use `build` or `load`."""
 
