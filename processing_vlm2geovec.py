@@ -789,6 +789,45 @@ def estimate_item_tokens(item: Any, image_processor: Qwen2VLImageProcessorPil | 
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Processor files
+# ----------------------------------------------------------------------------------------------------------
+# transformers reads these leniently: without tokenizer.json it builds a tokenizer that fails only on first use,
+# without tokenizer_config.json one that has lost its special tokens.
+PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json")
+_LARGE_JSON_FILES = ("tokenizer.json",)  # 18 MB: parsed once, by the tokenizer; here only its ends are looked at
+PROCESSOR_REPAIR = "the checkpoint is damaged: copy the folder again or re-save it (`vlm2geovec convert`, `save_checkpoint`)"
+
+
+def check_processor_folder(folder: str | os.PathLike) -> None:
+    """Every file the processor is rebuilt from is present and JSON, or a ValueError/FileNotFoundError names it."""
+    import json
+
+    for name in PROCESSOR_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: {name} is missing; {PROCESSOR_REPAIR}")
+        if name in _LARGE_JSON_FILES:
+            with open(path, "rb") as handle:
+                head = handle.read(64).lstrip()
+                handle.seek(max(0, os.path.getsize(path) - 64))
+                tail = handle.read().rstrip()
+            if not (head.startswith(b"{") and tail.endswith(b"}")):
+                raise ValueError(f"{path} is not valid JSON (it does not start with '{{' and end with '}}'): "
+                                 f"{PROCESSOR_REPAIR}")
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error.reason}): {PROCESSOR_REPAIR}") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
+                             f"{PROCESSOR_REPAIR}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: {PROCESSOR_REPAIR}")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Processor
 # ----------------------------------------------------------------------------------------------------------
 class VLM2GeoVecProcessor(ProcessorMixin):
@@ -853,6 +892,23 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template or QWEN2_VL_CHAT_TEMPLATE)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.embed_token_id = tokenizer.convert_tokens_to_ids(EMBED_TOKEN)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`ProcessorMixin.from_pretrained`, with a local folder's processor files checked first (`check_processor_folder`)
+        so a missing or damaged file is named instead of giving a tokenizer that fails later."""
+        import json
+
+        local = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        is_local = os.path.isdir(local)
+        if is_local:
+            check_processor_folder(local)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except json.JSONDecodeError as error:  # the small files were parsed above: it is the vocabulary
+            path = os.path.join(local, "tokenizer.json") if is_local else os.fspath(pretrained_model_name_or_path)
+            raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
+                             f"{PROCESSOR_REPAIR}") from None
 
     # -- public API -------------------------------------------------------------------------------------------
     def __call__(

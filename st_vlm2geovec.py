@@ -30,10 +30,14 @@ from sentence_transformers.base.modules.input_module import InputModule
 
 try:  # as remote code, next to the other checkpoint files
     from .modeling_vlm2geovec import REPAIR, VLM2GeoVecModel, check_local_folder, fix_weight_file_modes, read_json_file
-    from .processing_vlm2geovec import VLM2GeoVecProcessor, check_items, estimate_item_tokens
+    from .processing_vlm2geovec import (
+        PROCESSOR_FILES, VLM2GeoVecProcessor, check_processor_folder, estimate_item_tokens,
+    )
 except ImportError:  # installed as top-level modules
     from modeling_vlm2geovec import REPAIR, VLM2GeoVecModel, check_local_folder, fix_weight_file_modes, read_json_file
-    from processing_vlm2geovec import VLM2GeoVecProcessor, check_items, estimate_item_tokens
+    from processing_vlm2geovec import (
+        PROCESSOR_FILES, VLM2GeoVecProcessor, check_processor_folder, estimate_item_tokens,
+    )
 
 REMOTE_CODE_FILES = ("modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py")
 MODEL_AUTO_MAP = {
@@ -42,30 +46,10 @@ MODEL_AUTO_MAP = {
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_vlm2geovec.VLM2GeoVecProcessor"}
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
-# Files the processor is rebuilt from. transformers reads them leniently: without tokenizer.json it builds a
-# tokenizer that fails only on first use, without tokenizer_config.json one that has lost its special tokens.
-PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json")
-
-
-LARGE_JSON_FILES = ("tokenizer.json",)  # 18 MB: parsing it twice (here and in the tokenizer) costs seconds
-
-
 def check_processor_files(folder: str | os.PathLike) -> None:
-    """Every file the processor loads from is present and valid JSON, or an error names it. The tokenizer's
-    vocabulary gets a cheap look at both ends only; a parse error there is named after the load (`load`)."""
-    for name in PROCESSOR_FILES:
-        path = os.path.join(folder, name)
-        if name not in LARGE_JSON_FILES:
-            read_json_file(path, name)
-            continue
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: {name} is missing; {REPAIR}")
-        with open(path, "rb") as handle:
-            head = handle.read(64).lstrip()
-            handle.seek(max(0, os.path.getsize(path) - 64))
-            tail = handle.read().rstrip()
-        if not (head.startswith(b"{") and tail.endswith(b"}")):
-            raise ValueError(f"{path} is not valid JSON (it does not start with '{{' and end with '}}'): {REPAIR}")
+    """Every file the processor loads from is present and valid JSON (`check_processor_folder`; the vocabulary gets
+    a cheap look at both ends, a parse error there is named after the load), and so is this module's settings file."""
+    check_processor_folder(folder)
     settings = os.path.join(folder, VLM2GeoVecEmbedder.config_file_name)
     if os.path.exists(settings):
         read_json_file(settings, VLM2GeoVecEmbedder.config_file_name)
@@ -118,7 +102,7 @@ class _CheckedEncode:
         batch = [inputs] if self.model.is_singular_input(inputs) else inputs
         if not isinstance(batch, (list, tuple)):
             return encode(self.model, inputs, *args, **kwargs)
-        check_items(batch, "inputs", self.embedder.processor.max_image_pixels)
+        self.embedder.processor.check(batch, "inputs")  # every input, images decoded once: errors name the caller's index
         bound = inspect.signature(encode).bind_partial(self.model, inputs, *args, **kwargs).arguments
         workers = self.embedder.resolved_preprocess_workers(bound.get("device"))
         parallel = bound.get("pool") is not None or isinstance(bound.get("device"), list)
@@ -410,7 +394,7 @@ class VLM2GeoVecEmbedder(InputModule):
         except OSError:
             raise  # transformers' missing-file errors name the file
         except json.JSONDecodeError as error:  # the small files were parsed above: it is the vocabulary
-            path = (os.path.join(local_folder, LARGE_JSON_FILES[0]) if os.path.isdir(local_folder)
+            path = (os.path.join(local_folder, "tokenizer.json") if os.path.isdir(local_folder)
                     else model_name_or_path)
             raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
                              f"{REPAIR}") from None

@@ -30,6 +30,7 @@ def test_remote_code_files_import_only_allowed_modules():
     allowed = set(sys.stdlib_module_names) | {
                "numpy", "torch", "PIL", "transformers", "sentence_transformers",
                "peft",  # imported lazily, only to load an adapter checkpoint
+               "rasterio",  # imported lazily, only for 16-bit RGB files PIL cannot read (refused without it)
                "modeling_vlm2geovec", "processing_vlm2geovec"}
     for name in ("modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py"):
         tree = ast.parse((REPO_ROOT / name).read_text())
