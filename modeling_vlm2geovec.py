@@ -21,6 +21,11 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 from transformers.utils import ModelOutput
 
+try:  # as remote code, next to the other checkpoint files
+    from .processing_vlm2geovec import REPAIR, read_json_file
+except ImportError:  # installed as top-level modules
+    from processing_vlm2geovec import REPAIR, read_json_file
+
 POOLING_MODES = ("last", "mean")
 
 CONFIG_NAME = "config.json"
@@ -29,7 +34,6 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # config.json model types this class loads: its own checkpoints, and Qwen2-VL backbones (`vlm2geovec convert`).
 LOADABLE_MODEL_TYPES = ("vlm2geovec", "qwen2_vl")
 MAKE_A_CHECKPOINT = "build one with `vlm2geovec nano` or `vlm2geovec convert`"
-REPAIR = "the checkpoint is damaged: copy the folder again or re-save it (`vlm2geovec convert`, `save_checkpoint`)"
 INVALID_CONFIG = "invalid VLM2GeoVec configuration"
 _SHOWN_KEYS = 5  # keys quoted in a load error; the count says how many more
 
@@ -68,24 +72,6 @@ def check_local_folder(name: str | os.PathLike, allow_file: bool = False) -> Non
         f"{name}: no such local folder (a Hub id looks like ORG/NAME; create a local model with "
         f"`vlm2geovec nano --out {name}`)"
     )
-
-
-def read_json_file(path: str, what: str = "file") -> dict:
-    """A checkpoint's JSON file as a dict; a missing, unreadable or non-object file raises naming the path."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: {what} is missing; {REPAIR}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text ({error.reason}): {REPAIR}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): {REPAIR}"
-        ) from None
-    if not isinstance(data, (dict, list)):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: {REPAIR}")
-    return data
 
 
 def check_config_dict(config: dict, source: str) -> None:

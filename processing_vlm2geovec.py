@@ -795,36 +795,46 @@ def estimate_item_tokens(item: Any, image_processor: Qwen2VLImageProcessorPil | 
 # without tokenizer_config.json one that has lost its special tokens.
 PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json")
 _LARGE_JSON_FILES = ("tokenizer.json",)  # 18 MB: parsed once, by the tokenizer; here only its ends are looked at
-PROCESSOR_REPAIR = "the checkpoint is damaged: copy the folder again or re-save it (`vlm2geovec convert`, `save_checkpoint`)"
+REPAIR = "the checkpoint is damaged: copy the folder again or re-save it (`vlm2geovec convert`, `save_checkpoint`)"
+
+
+def read_json_file(path: str, what: str = "file") -> dict:
+    """A checkpoint's JSON file as a dict; a missing, unreadable or non-object file raises naming the path. (The
+    one reader of checkpoint JSON: the model and the sentence-transformers module use it too.)"""
+    import json
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {what} is missing; {REPAIR}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason}): {REPAIR}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): {REPAIR}"
+        ) from None
+    if not isinstance(data, (dict, list)):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: {REPAIR}")
+    return data
 
 
 def check_processor_folder(folder: str | os.PathLike) -> None:
     """Every file the processor is rebuilt from is present and JSON, or a ValueError/FileNotFoundError names it."""
-    import json
-
     for name in PROCESSOR_FILES:
         path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: {name} is missing; {PROCESSOR_REPAIR}")
-        if name in _LARGE_JSON_FILES:
-            with open(path, "rb") as handle:
-                head = handle.read(64).lstrip()
-                handle.seek(max(0, os.path.getsize(path) - 64))
-                tail = handle.read().rstrip()
-            if not (head.startswith(b"{") and tail.endswith(b"}")):
-                raise ValueError(f"{path} is not valid JSON (it does not start with '{{' and end with '}}'): "
-                                 f"{PROCESSOR_REPAIR}")
+        if name not in _LARGE_JSON_FILES:
+            if not isinstance(read_json_file(path, name), dict):
+                raise ValueError(f"{path} holds a JSON list, not an object: {REPAIR}")
             continue
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path} is not UTF-8 text ({error.reason}): {PROCESSOR_REPAIR}") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
-                             f"{PROCESSOR_REPAIR}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: {PROCESSOR_REPAIR}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: {name} is missing; {REPAIR}")
+        with open(path, "rb") as handle:
+            head = handle.read(64).lstrip()
+            handle.seek(max(0, os.path.getsize(path) - 64))
+            tail = handle.read().rstrip()
+        if not (head.startswith(b"{") and tail.endswith(b"}")):
+            raise ValueError(f"{path} is not valid JSON (it does not start with '{{' and end with '}}'): {REPAIR}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -908,7 +918,7 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         except json.JSONDecodeError as error:  # the small files were parsed above: it is the vocabulary
             path = os.path.join(local, "tokenizer.json") if is_local else os.fspath(pretrained_model_name_or_path)
             raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
-                             f"{PROCESSOR_REPAIR}") from None
+                             f"{REPAIR}") from None
 
     # -- public API -------------------------------------------------------------------------------------------
     def __call__(
