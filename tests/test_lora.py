@@ -185,6 +185,8 @@ def test_adapter_folder_layout(trained, nano_dir):
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_vlm2geovec.VLM2GeoVecProcessor"}
     adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
     assert adapter_bytes < (nano_dir / "model.safetensors").stat().st_size / 50
+    # the adapter's weights get the mode of every other file (safetensors alone writes 0600)
+    assert (adapter_dir / "adapter_model.safetensors").stat().st_mode & 0o777 == (adapter_dir / "modules.json").stat().st_mode & 0o777
 
 
 def test_merged_folder_layout(trained, nano_dir):

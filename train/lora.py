@@ -178,6 +178,8 @@ def save_adapter(st_model, out_dir: str | os.PathLike, base_path: str | os.PathL
     peft_model = embedder.model
     # 1. The adapter. save_embedding_layers=False: "auto" would look the base up (on the Hub for an id).
     peft_model.save_pretrained(str(out_dir), safe_serialization=True, save_embedding_layers=False)
+    # safetensors writes 0600; the module's own helper gives the adapter the mode every other file has
+    sys.modules[type(embedder).__module__].fix_weight_file_modes(out_dir)
     adapter_config_path = out_dir / "adapter_config.json"
     adapter_config = json.loads(adapter_config_path.read_text(encoding="utf-8"))
     adapter_config["base_model_name_or_path"] = str(base_path)
