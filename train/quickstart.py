@@ -248,7 +248,7 @@ def render_table(summary: dict[str, Any]) -> str:
     cells = "mean over seeds (min–max)" if len(records) > 1 else "one seed"
     lines = [textwrap.fill(f"Seed{'s' if len(records) > 1 else ''} {seeds}; {first['max_steps']:,} steps of batch "
                            f"{first['batch_size']}; P@1 on RSMEB-lite test, {cells}; s.e.: binomial standard error of "
-                           f"the after score over the task's test queries.", 115), "",
+                           f"the after score over the task's test queries.", 115, break_on_hyphens=False), "",
              "| task | family | test queries | chance | before | after | s.e. | change |",
              "|---|---|---|---|---|---|---|---|"]
     for name, task in first["tasks"].items():
@@ -266,7 +266,7 @@ def render_table(summary: dict[str, Any]) -> str:
     before = [r["overall"]["before"] for r in records]
     after = [r["overall"]["after"] for r in records]
     lines += ["", f"**Overall** (mean of families): before {_spread(before)}, after {_spread(after)} "
-                  f"({_change(before, after)}).", "", textwrap.fill(_timing_line(summary), 115)]
+                  f"({_change(before, after)}).", "", textwrap.fill(_timing_line(summary), 115, break_on_hyphens=False)]
     return "\n".join(lines) + "\n"
 
 
