@@ -91,3 +91,14 @@ def test_console_script_help():
 def test_missing_subcommand_is_an_error():
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_quickstart_seeds_option_runs_one_quickstart_per_seed(monkeypatch, tmp_path):
+    import vlm2geovec_train.quickstart as qs
+
+    calls = []
+    monkeypatch.setattr(qs, "quickstart_seeds", lambda out, seeds, **kw: calls.append(("seeds", list(seeds), kw)))
+    monkeypatch.setattr(qs, "quickstart", lambda out, **kw: calls.append(("one", kw["seed"])))
+    assert main(["quickstart", "--out", str(tmp_path), "--seeds", "0", "1", "2", "--max-steps", "5"]) == 0
+    assert main(["quickstart", "--out", str(tmp_path), "--seed", "4"]) == 0
+    assert calls == [("seeds", [0, 1, 2], {"max_steps": 5, "tasks": None}), ("one", 4)]

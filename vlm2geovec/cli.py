@@ -489,9 +489,12 @@ def _cmd_train_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from vlm2geovec_train.quickstart import quickstart
+    from vlm2geovec_train.quickstart import quickstart, quickstart_seeds
 
-    quickstart(args.out, max_steps=args.max_steps, tasks=args.tasks or None, seed=args.seed)
+    if args.seeds:
+        quickstart_seeds(args.out, args.seeds, max_steps=args.max_steps, tasks=args.tasks or None)
+    else:
+        quickstart(args.out, max_steps=args.max_steps, tasks=args.tasks or None, seed=args.seed)
     return 0
 
 
@@ -562,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--max-steps", type=int, default=None, help="default: the nano recipe's")
     quick.add_argument("--tasks", nargs="*", default=None, help="RSMEB-lite tasks (default: all)")
     quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                       help="one run per seed (OUT/seed-<s>), with OUT/summary.json and a mean/range report")
     quick.set_defaults(func=_cmd_quickstart)
 
     _add_index_parsers(sub)
