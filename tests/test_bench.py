@@ -57,3 +57,9 @@ def test_search_benchmark_quick(tmp_path):
     for sweep in (hnsw, ivf):
         recalls = [run["recall_at_10"] for run in sweep]
         assert recalls == sorted(recalls) and 0.9 <= recalls[-1] <= 1.0
+
+
+def test_assets_benchmark_quick(tmp_path):
+    record = run_bench("assets", tmp_path, "--quick")
+    assert record["benchmark"] == "assets" and record["n_points"] == 1000
+    assert record["country_at_per_s"] > 0 and 0.0 < record["land_share"] < 1.0

@@ -442,7 +442,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("encode", "train", "search")
+BENCHMARKS = ("encode", "train", "search", "assets")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_index_parsers(sub)
 
-    bench = sub.add_parser("bench", help="run a benchmark script (encode, train, search); --help after the name")
+    bench = sub.add_parser("bench", help="run a benchmark script (encode, train, search, assets); --help after the name")
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the script's own options, e.g. --quick --json OUT")
     bench.set_defaults(func=_cmd_bench)
