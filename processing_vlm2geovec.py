@@ -204,8 +204,9 @@ MAX_ASPECT_RATIO = 200  # Qwen2-VL's smart_resize refuses more elongated images
 STRETCH_PERCENTILES = (2.0, 98.0)
 IMAGE_SCALES = ("auto",)
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F", "I;32", "I;32B", "I;32L"}
-# PNG/TIFF raw modes that PIL reads into an 8-bit mode by dropping the low byte of each 16-bit sample.
-_SIXTEEN_BIT_RAWMODE_MARKERS = (";16", "16B", "16L", "16N")
+# Endings of PNG/TIFF raw modes ("RGB;16B", "RGBA;16L") that PIL reads into an 8-bit mode by dropping the low byte
+# of each 16-bit sample. (Not ";16" alone: BMP's "BGR;16" is a 16-bit *pixel* of 5-6-5 bits, read faithfully.)
+_SIXTEEN_BIT_RAWMODE_ENDINGS = (";16B", ";16L", ";16N")
 
 
 def _is_image_value(value: Any) -> bool:
@@ -356,7 +357,7 @@ def _sixteen_bit_samples(image: Image.Image) -> bool:
     for tile in getattr(image, "tile", None) or []:
         args = tile[3] if len(tile) > 3 else None
         rawmode = args[0] if isinstance(args, tuple) and args else args
-        if isinstance(rawmode, str) and any(marker in rawmode for marker in _SIXTEEN_BIT_RAWMODE_MARKERS):
+        if isinstance(rawmode, str) and rawmode.endswith(_SIXTEEN_BIT_RAWMODE_ENDINGS):
             return True
     return False
 
@@ -385,6 +386,9 @@ def _read_with_gdal(source: Any, label: str, field: str, image_scale) -> Image.I
                     data = dataset.read()
     except Exception as error:  # rasterio raises its own error types for corrupt data
         raise ValueError(f"{field}: cannot read image from {label}: {error}") from None
+    if data.dtype == np.uint8 and data.shape[0] in (1, 3):  # 8-bit after all: nothing to stretch
+        pixels = np.moveaxis(data, 0, -1)
+        return Image.fromarray(np.ascontiguousarray(np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels), "RGB")
     if data.shape[0] not in (1, 3):
         raise ValueError(
             f"{field}: {label} has {data.shape[0]} bands; an image has 1 or 3 (RGB): select three bands first "

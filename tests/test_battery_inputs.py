@@ -471,3 +471,17 @@ def test_a_bare_string_naming_an_image_file_is_refused(processor, tmp_path):
 @pytest.mark.parametrize("value", ["https://example.com/tile.png", "data:image/png;base64,iVBORw0KGgo="])
 def test_urls_are_not_fetched(processor, value):
     expect_error(lambda: processor(items=[{"image": value}]), ValueError, r"items\[0\]\.image: image file not found.*not fetched")
+
+
+def test_bmp_with_16_bit_pixels_is_read_by_pil_not_stretched(processor):
+    """RGB565 BMP: PIL's raw mode "BGR;16" is a 16-bit *pixel*, read faithfully; only 16-bit *samples* go to GDAL."""
+    width, height = 8, 4
+    pixels = np.random.default_rng(0).integers(0, 65535, (height, width)).astype("<u2")
+    data = b"".join(pixels[height - 1 - r].tobytes() for r in range(height))
+    offset = 14 + 40 + 12
+    bmp = (b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
+           + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 16, 3, len(data), 2835, 2835, 0, 0)
+           + struct.pack("<III", 0xF800, 0x07E0, 0x001F) + data)
+    expected = Image.open(io.BytesIO(bmp)).convert("RGB")
+    assert torch.equal(processor(items=[bmp])["pixel_values"], processor(items=[expected])["pixel_values"])
+    record_correct()
