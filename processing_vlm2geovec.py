@@ -1133,23 +1133,24 @@ class VLM2GeoVecProcessor(ProcessorMixin):
             raise ValueError(f"max_length: expected a positive integer or None, got {limit!r}")
         return int(limit)
 
-    def _special_pattern(self):
-        """Splits trusted (package-rendered) text at the tokenizer's added tokens, as the tokenizer itself does."""
-        tokens = sorted(self.tokenizer.get_added_vocab(), key=len, reverse=True)
-        key = tuple(tokens)
+    def _special_tokens(self):
+        """(pattern that splits trusted, package-rendered text at the tokenizer's added tokens, as the tokenizer
+        itself does; the added tokens' ids), from one read of the tokenizer's added vocabulary per item."""
+        added = self.tokenizer.get_added_vocab()
+        key = tuple(sorted(added.items()))
         if getattr(self, "_special_cache", (None,))[0] != key:
             import re
 
+            tokens = sorted(added, key=len, reverse=True)
             self._special_cache = (key, re.compile("(" + "|".join(map(re.escape, tokens)) + ")"))
-        return self._special_cache[1]
+        return self._special_cache[1], added
 
     def _token_ids(self, item_parts, instruction, counts) -> list[int]:
         """Token ids of one item, image pads expanded. The tokenizer splits a string at its added tokens and
         tokenizes the stretches between them on their own; this does the same, except that it splits only the
         package's own pieces, so user text is always plain text (``split_special_tokens``). For text without
         control tokens the ids equal tokenizing the rendered string."""
-        pattern = self._special_pattern()
-        added = self.tokenizer.get_added_vocab()
+        pattern, added = self._special_tokens()
         plan: list[str | int] = []  # plain stretches and special-token ids
         stretch: list[str] = []
         images = iter(counts)
@@ -1254,11 +1255,12 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         that a query is never prepared differently from the corpus it is searched against."""
         ip = self.image_processor
         added = self.tokenizer.get_added_vocab()
+        scale = self._image_scale()
         return {
             "input_format_version": self.input_format_version,
             "coord_precision": self.coord_precision,
             "max_length": self.length_limit(),
-            "image_scale": list(self._image_scale()) if isinstance(self._image_scale(), tuple) else self._image_scale(),
+            "image_scale": list(scale) if isinstance(scale, tuple) else scale,
             "image_processor": {
                 key: (list(value) if isinstance(value, tuple) else value)
                 for key, value in (("size", dict(ip.size)), ("patch_size", ip.patch_size), ("merge_size", ip.merge_size),
