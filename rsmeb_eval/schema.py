@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+# The item layout is the data layer's (vlm2geovec.data.items); re-exported here for the benchmark's modules.
+from vlm2geovec.data.items import ITEM_COLUMNS, empty_item, item_features, item_modalities, row_to_item  # noqa: F401
+
 Family = Literal[
     "scene_classification",
     "cross_modal_retrieval",
@@ -30,19 +33,6 @@ Modality = Literal["image", "text", "bbox", "coords"]
 MODALITIES: tuple[str, ...] = get_args(Modality)
 Protocol = Literal["candidates", "corpus"]
 SPLITS = ("train", "test")
-ITEM_COLUMNS = ("image", "text", "bbox", "lat", "lon")
-
-
-def item_features() -> dict[str, Any]:
-    from datasets import Image, List, Value
-
-    return {
-        "image": Image(),
-        "text": Value("string"),
-        "bbox": List(List(Value("float32"), length=4)),
-        "lat": Value("float64"),
-        "lon": Value("float64"),
-    }
 
 
 def query_features():
@@ -58,39 +48,6 @@ def corpus_features():
     from datasets import Features, Value
 
     return Features({"id": Value("string"), **item_features()})
-
-
-def empty_item() -> dict[str, Any]:
-    return {"image": None, "text": None, "bbox": None, "lat": None, "lon": None}
-
-
-def row_to_item(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored row -> a VLM2GeoVec item dict (image, text, bbox, coords), absent fields dropped."""
-    item: dict[str, Any] = {}
-    image = row.get("image")
-    if image is not None:
-        # `Image(decode=False)` rows hold {"bytes", "path"}: pass the encoded bytes on (the processor decodes).
-        item["image"] = (image["bytes"] or image["path"]) if isinstance(image, dict) else image
-    if row.get("bbox"):
-        item["bbox"] = [list(box) for box in row["bbox"]]
-    if row.get("lat") is not None or row.get("lon") is not None:
-        item["coords"] = (row.get("lat"), row.get("lon"))
-    if row.get("text") is not None:
-        item["text"] = row["text"]
-    return item
-
-
-def item_modalities(row: dict[str, Any]) -> tuple[str, ...]:
-    present = []
-    if row.get("image") is not None:
-        present.append("image")
-    if row.get("text") is not None:
-        present.append("text")
-    if row.get("bbox"):
-        present.append("bbox")
-    if row.get("lat") is not None:
-        present.append("coords")
-    return tuple(present)
 
 
 @dataclass(frozen=True)

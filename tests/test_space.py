@@ -776,11 +776,13 @@ def test_push_stages_a_self_contained_space(tmp_path):
     spec.loader.exec_module(module)
     files = {p.relative_to(tmp_path / "s").as_posix() for p in module.stage(tmp_path / "s")}
     for needed in ("app.py", "requirements.txt", "README.md", "ATTRIBUTION.md", "samples/neon_OSBS_029.png",
-                   "vlm2geovec/__init__.py", "rsmeb_eval/assets.py",
-                   "rsmeb_eval/data/naturalearth_110m_countries.geojson",
+                   "vlm2geovec/__init__.py", "vlm2geovec/data/assets.py",
+                   "vlm2geovec/data/naturalearth_110m_countries.geojson",
                    "modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py"):
         assert needed in files, needed
     assert not any("__pycache__" in f for f in files)
+    # the Space runs on the package alone: the benchmark's sources are not shipped
+    assert not any(f.startswith("rsmeb_eval/") for f in files), sorted(f for f in files if f.startswith("rsmeb"))
 
 
 def test_static_map_and_leaflet_fallback(app, space):

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from rsmeb_eval.assets import atomic_write
+from vlm2geovec.data.io import atomic_write
 from vlm2geovec.index import VectorIndex, model_fingerprint, model_preprocessing, validate_metadata
 
 PARTS_DIR, MANIFEST_FILE = "parts", "manifest.json"
@@ -223,7 +223,7 @@ class DatasetSource:
 
     @classmethod
     def open(cls, dataset, name: str, item_columns: Sequence[str] | None = None) -> "DatasetSource":
-        from rsmeb_eval.schema import ITEM_COLUMNS
+        from vlm2geovec.data.items import ITEM_COLUMNS
 
         columns = list(dataset.column_names)
         if item_columns is None:
@@ -258,7 +258,7 @@ class DatasetSource:
         return digest.hexdigest()
 
     def read(self, start: int, stop: int) -> Iterator[Record]:
-        from rsmeb_eval.schema import row_to_item
+        from vlm2geovec.data.items import row_to_item
 
         for offset, row in enumerate(self.dataset.select(range(start, min(stop, len(self))))):
             item = row_to_item({c: row.get(c) for c in self.item_columns})

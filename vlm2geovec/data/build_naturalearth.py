@@ -1,9 +1,9 @@
 """One-time conversion: Natural Earth 1:110m countries (shapefile in the geopandas==0.14.4 wheel) -> the vendored
 ``naturalearth_110m_countries.geojson`` next to this file. Not used at run time.
 
-Recipe (reproducible: ``python -m rsmeb_eval.data.build_naturalearth`` rewrites the same bytes):
+Recipe (reproducible: ``python -m vlm2geovec.data.build_naturalearth`` rewrites the same bytes):
 
-1. obtain ``geopandas-0.14.4-py3-none-any.whl`` via :mod:`rsmeb_eval.assets` (``pip download``, sha256-pinned)
+1. obtain ``geopandas-0.14.4-py3-none-any.whl`` via :mod:`vlm2geovec.data.assets` (``pip download``, sha256-pinned)
    and read ``geopandas/datasets/naturalearth_lowres/naturalearth_lowres.{shp,dbf}`` (177 countries, polygon
    shapes, WGS84 lon/lat; DBF in ISO-8859-1 per the ``.cpg``) with the small reader below (plain ``struct``;
    checked once against pyshp 3.1.6, which gives identical rings and records);
@@ -117,7 +117,7 @@ def build_geojson(shp: bytes, dbf: bytes) -> str:
 
 
 def build_from_wheel() -> str:
-    from rsmeb_eval.assets import GEOPANDAS, _archive
+    from vlm2geovec.data.assets import GEOPANDAS, _archive
 
     with zipfile.ZipFile(_archive(GEOPANDAS)) as zf:
         return build_geojson(zf.read(SHAPEFILE + ".shp"), zf.read(SHAPEFILE + ".dbf"))
