@@ -262,16 +262,38 @@ def _distributed_barrier() -> bool:
     return rank == 0
 
 
+def _ray_engine_options(args: argparse.Namespace) -> dict | None:
+    """The Ray engine's arguments (None for the local engine); options that need Ray are refused without it."""
+    if args.engine != "ray":
+        given = [name for name, value in (("--address", args.address), ("--replicas", args.replicas),
+                                          ("--gpus-per-replica", args.gpus_per_replica)) if value is not None]
+        if given:
+            raise SystemExit(f"error: {given[0]} needs --engine ray")
+        return None
+    replicas = 1 if args.replicas is None else _positive(args.replicas, "--replicas")
+    gpus = 0.0 if args.gpus_per_replica is None else args.gpus_per_replica
+    if not gpus >= 0:
+        raise SystemExit(f"error: --gpus-per-replica must be >= 0; got {gpus}")
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: --engine ray needs Ray Data: pip install 'vlm2geovec[ray]'") from None
+    return {"replicas": replicas, "gpus_per_replica": gpus, "address": args.address}
+
+
 def _cmd_index_build(args: argparse.Namespace) -> int:
-    from vlm2geovec.corpus import JsonlSource, build_corpus_index, index_from_parts, open_source, parse_shard
+    from vlm2geovec.corpus import JsonlSource, RasterSource, build_corpus_index, index_from_parts, open_source, parse_shard
 
     model_path = check_model_path(args.model)
     _check_out_folder(args.out)
     _positive(args.chunk_size, "--chunk-size")
     _positive(args.batch_size, "--batch-size")
     params = _index_params(args)
+    ray_options = _ray_engine_options(args)
     try:
         shard = parse_shard(args.shard)
+        if ray_options is not None and shard[1] > 1:
+            raise ValueError("--shard does not apply to --engine ray: Ray spreads the chunks over its workers itself")
         scale = args.scale if args.scale in ("auto", "none") else _parse_numbers(args.scale, "--scale", count=2)
         source = open_source(args.input, split=args.split, config=args.config,
                              item_columns=args.item_columns.split(",") if args.item_columns else None,
@@ -280,6 +302,9 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
                              embed_coords=args.embed_coords)
         if isinstance(source, JsonlSource):  # every line checked before the model loads
             source.check_items()
+        if ray_options is not None and not isinstance(source, (JsonlSource, RasterSource)):
+            raise ValueError(f"--engine ray embeds JSONL files and rasters; {args.input} is a dataset: use the local "
+                             "engine, or vlm2geovec.ray_engine.embed_dataset on ray.data.read_parquet(...)")
     except (ValueError, TypeError, OSError) as error:
         raise SystemExit(f"error: {error}")
     device = args.device
@@ -290,6 +315,16 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     args.model = model_path
     model = _load_for_encoding(args, device)
     try:
+        if ray_options is not None:
+            from vlm2geovec.ray_engine import build_index_ray
+
+            scale = _image_scale(args.image_scale)
+            index = build_index_ray(model, model_path, source, args.out, kind=args.kind, chunk_size=args.chunk_size,
+                                    batch_size=args.batch_size, instruction=args.instruction,
+                                    image_scale="keep" if scale is None else (None if scale == "none" else scale),
+                                    show_progress_bar=not args.quiet, **ray_options, **params)
+            print(f"wrote {index!r} to {args.out}")
+            return 0
         # the index records the model as an absolute path (local folders), so `search` works from any directory
         index = build_corpus_index(model, source, args.out, kind=args.kind, shard=shard, chunk_size=args.chunk_size,
                                    batch_size=args.batch_size, instruction=args.instruction, model_name=model_path,
@@ -610,6 +645,12 @@ def _add_index_parsers(sub) -> None:
     build.add_argument("--shard", default=None,
                        help="i/n: embed only shard i of n (merge later with `index merge`); auto: torchrun/accelerate "
                             "ranks, merged by rank 0")
+    build.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this process (or --shard / torchrun); ray: an actor pool of model replicas on a Ray "
+                            "cluster (pip install 'vlm2geovec[ray]'), same chunks and result")
+    build.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    build.add_argument("--replicas", type=int, default=None, help="model replicas for --engine ray (default 1)")
+    build.add_argument("--gpus-per-replica", type=float, default=None, help="GPUs per replica for --engine ray (default 0)")
     build.add_argument("--chunk-size", type=int, default=1024, help="positions per resumable chunk")
     build.add_argument("--batch-size", type=int, default=16)
     build.add_argument("--instruction", default=None, help="instruction (prompt) for every corpus item")
