@@ -484,14 +484,15 @@ def test_an_os_error_deep_in_a_command_is_one_error_line(index_copy, tmp_path, c
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(VectorIndex, "export_parquet", disk_full)
-    cli_error(["index", "export", index_copy, "--to", tmp_path / "v.parquet"],
+    cli_error(["index", "export", index_copy, "--to", tmp_path / "v.parquet", "--format", "parquet"],
               r"No space left on device: .*v\.parquet")
 
     def two_lines(self, path, batch_rows=65_536):
         raise ValueError(f"{path}: first line\nsecond line")
 
     monkeypatch.setattr(VectorIndex, "export_parquet", two_lines)
-    cli_error(["index", "export", index_copy, "--to", tmp_path / "v.parquet"], r"v\.parquet: first line second line")
+    cli_error(["index", "export", index_copy, "--to", tmp_path / "v.parquet", "--format", "parquet"],
+              r"v\.parquet: first line second line")
 
 
 # ------------------------------------------------------------------------------------------------ search

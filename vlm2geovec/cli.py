@@ -281,6 +281,27 @@ def _ray_engine_options(args: argparse.Namespace) -> dict | None:
     return {"replicas": replicas, "gpus_per_replica": gpus, "address": args.address}
 
 
+def _index_from_export(args: argparse.Namespace, model_path: str, params: dict, ray_options: dict | None) -> int:
+    """``index build --input export.parquet``: the exported vectors and metadata become an index again, after the
+    model is checked to be the one that made them (so `search` with it compares like with like)."""
+    from vlm2geovec.geoparquet import index_from_geoparquet
+    from vlm2geovec.index import fingerprint_mismatch
+
+    if ray_options is not None or args.shard is not None:
+        raise SystemExit(f"error: {args.input} holds vectors already: --engine ray and --shard do not apply")
+    model = load_model_or_exit(model_path, device="cpu")
+    try:
+        index = index_from_geoparquet(args.input, model_name=model_path, kind=args.kind, **params)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}")
+    mismatch = fingerprint_mismatch(index.fingerprint, model, model_path)
+    if mismatch:
+        raise SystemExit(f"error: {args.input}: {mismatch.replace('this index was', 'these vectors were')}")
+    index.save(args.out)
+    print(f"wrote {index!r} to {args.out} (vectors read from {args.input}, nothing embedded)")
+    return 0
+
+
 def _cmd_index_build(args: argparse.Namespace) -> int:
     from vlm2geovec.corpus import JsonlSource, RasterSource, build_corpus_index, index_from_parts, open_source, parse_shard
 
@@ -290,6 +311,15 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     _positive(args.batch_size, "--batch-size")
     params = _index_params(args)
     ray_options = _ray_engine_options(args)
+    if str(args.input).lower().endswith(".parquet") and os.path.isfile(args.input):
+        from vlm2geovec.geoparquet import file_record
+
+        try:
+            record = file_record(args.input)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}")
+        if record is not None:  # vectors exported by `index export`: index them again, nothing to embed
+            return _index_from_export(args, model_path, params, ray_options)
     try:
         shard = parse_shard(args.shard)
         if ray_options is not None and shard[1] > 1:
@@ -370,12 +400,35 @@ def _cmd_index_export(args: argparse.Namespace) -> int:
     from vlm2geovec.index import VectorIndex
 
     to = _check_out_file(args.to, "--to")
+    geo = args.quantize is not None or args.stac is not None or args.format == "geoparquet"
+    if geo:
+        try:
+            from vlm2geovec.geoparquet import export_geoparquet, parse_quantize
+
+            quantize = parse_quantize(args.quantize)
+        except (ImportError, ValueError) as error:
+            raise SystemExit(f"error: {error}")
+    if args.stac is not None and Path(args.stac).exists() and not Path(args.stac).is_dir():
+        raise SystemExit(f"error: --stac {args.stac} is a file, not a folder")
     try:
         index = VectorIndex.load(args.index)
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}")
-    path = index.export_parquet(to)
-    print(f"wrote {len(index)} vectors of dimension {index.dim} with their metadata to {path}")
+    if not geo:
+        path = index.export_parquet(to)
+        print(f"wrote {len(index)} vectors of dimension {index.dim} with their metadata to {path}")
+        return 0
+    try:
+        path = export_geoparquet(index, to, quantize=quantize)
+        print(f"wrote GeoParquet: {len(index)} {quantize or 'float32'} vectors of dimension {index.dim} with "
+              f"footprints and metadata to {path}")
+        if args.stac is not None:
+            from vlm2geovec.stac import write_stac
+
+            collection = write_stac(path, args.stac)
+            print(f"wrote a STAC collection ({collection}) to {args.stac}")
+    except (ImportError, ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}")
     return 0
 
 
@@ -681,6 +734,12 @@ def _add_index_parsers(sub) -> None:
     export = index_sub.add_parser("export", help="write vectors + metadata to Parquet (for vector databases)")
     export.add_argument("index")
     export.add_argument("--to", required=True, help="output .parquet file")
+    export.add_argument("--format", choices=["geoparquet", "parquet"], default="geoparquet",
+                        help="geoparquet (default): GeoParquet 1.1 with footprints in EPSG:4326 (pip install "
+                             "'vlm2geovec[geoparquet]'); parquet: plain vectors + metadata")
+    export.add_argument("--quantize", default=None, metavar="int8|binary",
+                        help="store int8 (one scale) or binary (sign bits) vectors; recorded in the file metadata")
+    export.add_argument("--stac", default=None, metavar="DIR", help="also write a STAC Collection + Items to DIR")
     export.set_defaults(func=_cmd_index_export)
 
     info = index_sub.add_parser("info", help="print an index's index.json")
