@@ -35,7 +35,37 @@ def candidate_metrics(scores: Sequence[np.ndarray], positives: Sequence[np.ndarr
     ranks = np.array([pessimistic_rank(np.asarray(s, dtype=np.float64), np.asarray(p, dtype=bool))
                       for s, p in zip(scores, positives, strict=True)])
     chance = np.mean([np.asarray(p).sum() / len(p) for p in positives])
-    return {"p@1": float(np.mean(ranks == 1)), "mrr": float(np.mean(1.0 / ranks)), "chance_p@1": float(chance)}
+    hits = (ranks == 1).astype(np.float64)
+    low, high = bootstrap_ci(hits)
+    return {"p@1": float(np.mean(hits)), "p@1_ci95": [low, high], "mrr": float(np.mean(1.0 / ranks)),
+            "chance_p@1": float(chance)}
+
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
+                 n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-query `values` (e.g. 0/1 hits at rank 1).
+
+    Resamples the queries with replacement `n_resamples` times (a fixed `seed`: the same scores always give the
+    same interval) and returns the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
+    resampled means. It says how much the score could move with another test set of the same size and kind.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // values.size)  # bounded memory for large test sets
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        means[start:stop] = values[rng.integers(0, values.size, (stop - start, values.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
 
 
 def _ranked_relevance(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:

@@ -56,8 +56,17 @@ def test_readme_table_is_rendered_from_the_committed_artifact():
     summary = load_summary(REPO_ROOT / SUMMARY)
     seeds = [record["seed"] for record in summary["seeds"]]
     assert seeds and seeds == sorted(set(seeds))
+    from tests.test_rsmeb_lite import TEST_QUERIES
+
+    assert len(seeds) == 3
     for record in summary["seeds"]:  # a full nano recipe run on all nine RSMEB-lite tasks, really timed
-        assert record["max_steps"] == 1200 and len(record["tasks"]) == 9 and record["timing_s"]["train"] > 0
+        assert record["max_steps"] == 1200 and record["timing_s"]["train"] > 0
+        # the artifact comes from the RSMEB-lite the builder makes now: same tasks, same test sizes
+        assert {name: task["n_queries"] for name, task in record["tasks"].items()} == TEST_QUERIES
+        for task in record["tasks"].values():  # every score has its bootstrap interval around it
+            for when in ("before", "after"):
+                low, high = task[f"{when}_ci95"]
+                assert low <= task[when] <= high and high - low < 0.2
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
     assert block == "\n" + render_table(summary)
@@ -70,7 +79,8 @@ def fake_summary(seeds=(0, 1)):
         return {"seed": seed, "max_steps": 1200, "batch_size": 32, "timing_s": {"total": 200.0 + seed},
                 "cpu_s": {"total": 300.0, "train": 240.0}, "load_average_1min": [1.0, 2.5 + seed],
                 "tasks": {"T": {"family": "vqa", "metric": "p@1", "n_queries": 24, "chance": 0.25,
-                                "before": 0.2 + delta, "after": 0.5 + 2 * delta}},
+                                "before": 0.2 + delta, "after": 0.5 + 2 * delta,
+                                "after_ci95": [0.3 + 2 * delta, 0.7 + 2 * delta]}},
                 "families": {"vqa": {"chance": 0.25, "before": 0.2 + delta, "after": 0.5 + 2 * delta}},
                 "overall": {"before": 0.2 + delta, "after": 0.5 + 2 * delta}}
 
@@ -81,12 +91,14 @@ def test_render_table_reports_mean_and_range_over_seeds(tmp_path):
     from vlm2geovec_train.quickstart import TABLE_END, TABLE_START, main, render_table
 
     table = render_table(fake_summary())
-    # after 0.6 over 24 queries: standard error sqrt(0.6 * 0.4 / 24) = 0.100
-    assert "| T | vqa | 24 | 0.250 | 0.250 (0.200–0.300) | 0.600 (0.500–0.700) | 0.100 | +0.350 |" in table
+    # intervals [0.3, 0.7] and [0.5, 0.9]: bound by bound averaged over the seeds
+    assert "| T | vqa | 24 | 0.250 | 0.250 (0.200–0.300) | 0.600 (0.500–0.700) | 0.400–0.800 | +0.350 |" in table
+    # change +0.35 against a seed spread of 0.2 (the after range): more than the spread
+    assert "| vqa | 0.250 | 0.250 (0.200–0.300) | 0.600 (0.500–0.700) | +0.350 | 0.200 | yes |" in table
     assert "before 0.250 (0.200–0.300), after 0.600 (0.500–0.700) (+0.350)" in table
-    single = render_table(fake_summary((0,)))  # one seed: no range, the standard error still says how noisy
+    single = render_table(fake_summary((0,)))  # one seed: no range, the interval still says how noisy
     assert " ".join(single.split()).startswith("Seed 0; 1,200 steps of batch 32; P@1 on RSMEB-lite test, one seed;")
-    assert "| T | vqa | 24 | 0.250 | 0.200 | 0.500 | 0.102 | +0.300 |" in single
+    assert "| T | vqa | 24 | 0.250 | 0.200 | 0.500 | 0.300–0.700 | +0.300 |" in single
     assert ("3 min 20 s–3 min 21 s wall on 2 CPU cores shared with other jobs (1-minute load average 1.0–3.5, "
             "2 torch threads); 5 min 00 s–5 min 00 s of CPU time, 0.20–0.20 CPU-seconds per training step.") in (
         " ".join(table.split()))
@@ -107,13 +119,13 @@ def test_quickstart_over_seeds_writes_a_summary(tmp_path):
     from rsmeb_eval.dataset_io import write_dataset
     from vlm2geovec_train.quickstart import load_summary, main, quickstart_seeds, render_table
 
-    task = "NEONLite-GeoLoc"  # 9 test queries: the cheapest task with a train split
+    task = "RSLite-GeoLoc"  # 250 small test images against 5 places: the cheapest task with a train split
     data = write_dataset(tmp_path / "lite", {task: build_lite(seed=0)[task]}, "RSMEB-lite subset")
     summary = quickstart_seeds(tmp_path / "runs", [0, 1], max_steps=2, tasks=[task], data_dir=data)
     assert load_summary(tmp_path / "runs") == summary
     assert [r["seed"] for r in summary["seeds"]] == [0, 1]
     for record in summary["seeds"]:
-        assert record["tasks"][task]["n_queries"] == 9 and record["max_steps"] == 2
+        assert record["tasks"][task]["n_queries"] == 250 and record["max_steps"] == 2
         assert record["timing_s"]["train"] > 0 and record["cpu_s"]["total"] > 0
         assert (tmp_path / "runs" / f"seed-{record['seed']}" / "after" / "results.json").is_file()
     # Different seeds, different initial weights: the untrained scores are not one number copied twice.
@@ -138,3 +150,21 @@ def test_merge_summaries_of_separate_seed_runs():
     other["environment"]["torch_threads"] = 4
     with pytest.raises(ValueError, match="different machines or versions"):
         merge_summaries([one, other])
+
+
+def test_seed_spread_and_family_verdict():
+    from vlm2geovec_train.quickstart import render_table, seed_spread
+
+    assert seed_spread([0.2, 0.3, 0.25], [0.5, 0.52, 0.6]) == pytest.approx(0.1)
+    assert seed_spread([0.1, 0.4], [0.5, 0.52]) == pytest.approx(0.3)
+    noisy = fake_summary((0, 1))
+    noisy["seeds"][1]["families"]["vqa"]["before"] = 0.9  # the untrained seeds disagree by 0.7: not a clear gain
+    assert "| +0.050 | 0.700 | no |" in render_table(noisy)
+
+
+def test_unknown_preset_is_refused(tmp_path):
+    from vlm2geovec_train.quickstart import PRESETS, quickstart
+
+    assert PRESETS["full"]["max_steps"] > 1200 and PRESETS["quick"] == {}
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        quickstart(tmp_path, preset="fast")

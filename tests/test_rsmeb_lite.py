@@ -12,6 +12,7 @@ from rsmeb_eval.dataset_io import load_task, write_dataset
 from rsmeb_eval.registry import get_tasks
 from rsmeb_eval.schema import FAMILIES, corpus_features, query_features
 from tests.conftest import REPO_ROOT
+from rsmeb_eval.builders.lite import WINDOW_PIXELS
 from tests.test_rsmeb_eval import OracleEncoder
 
 LITE = [t.name for t in get_tasks(lite=True)]
@@ -35,32 +36,100 @@ def test_every_family_and_split_loads_offline_with_exact_features(lite_dir):
     assert families == set(FAMILIES)
 
 
-def _places(lite_dir, name, split) -> set[str]:
-    """The places a task's split is built from: Sentinel-2 grid cells, NEON tiles, GeoNames cities."""
+WINDOW = re.compile(r"([A-Z]+\d+)@(\d+)_(\d+)_(\d+)")  # NEON window: source@x_y_size (source-image pixels)
+
+
+def _places(lite_dir, name, split) -> dict[str, set]:
+    """What a task's split is built from, by kind: Sentinel-2 grid cells, Landsat grid cells, NEON windows (as
+    pixel rectangles of their source image), GeoNames cities. Read from the ids of queries and corpus items."""
     queries, corpus = load_task(lite_dir, name, split)
     ids = list(queries["query_id"]) + list(corpus["id"])
-    if name.startswith("S2Lite"):  # s2_r01_c11, s2_r01_c11_east, s2_r00_c00_caption -> r01_c11
-        return {m.group(1) for i in ids if (m := re.match(r"s2_(r\d+_c\d+)", i))}
-    if name.startswith("NEONLite"):  # GeoLoc queries are tile names; RefExp/RegionCaption ids are tile:box
-        corpus_tiles = {i.split(":")[0] for i in corpus["id"] if ":" in i and not i.startswith("site:")}
-        return {i.split(":")[0] for i in queries["query_id"]} | corpus_tiles
-    return {i for i in ids if i.startswith("city:")}  # country names are shared by both splits on purpose
+    places = {"s2": set(), "landsat": set(), "neon": set(), "city": set()}
+    for i in ids:
+        if m := re.search(r"s2_(r\d+_c\d+)", i):
+            places["s2"].add(m.group(1))
+        elif m := re.search(r"l8_(r\d+_c\d+)", i):
+            places["landsat"].add(m.group(1))
+        elif m := WINDOW.search(i):
+            places["neon"].add((m.group(1), *(int(v) for v in m.groups()[1:])))
+        elif i.startswith("city:"):
+            places["city"].add(i)
+    return places
+
+
+def _overlapping(train_windows, test_windows) -> list:
+    """Pairs of a train and a test window of the same source image that share at least one pixel."""
+    return [(a, b) for a in train_windows for b in test_windows
+            if a[0] == b[0] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[3] and b[2] < a[2] + a[3]]
 
 
 def test_train_and_test_are_disjoint_by_place(lite_dir):
-    by_kind = {"s2": ({}, {}), "neon": ({}, {}), "city": ({}, {})}
+    train_all = {k: set() for k in ("s2", "landsat", "neon", "city")}
+    test_all = {k: set() for k in train_all}
     for name in LITE:
-        kind = "s2" if name.startswith("S2Lite") else "neon" if name.startswith("NEONLite") else "city"
         train, test = _places(lite_dir, name, "train"), _places(lite_dir, name, "test")
         # Non-empty: an id scheme the parser above misses would otherwise compare two empty sets.
-        assert train and test, (name, len(train), len(test))
-        assert not train & test, (name, sorted(train & test)[:5])
-        by_kind[kind][0][name], by_kind[kind][1][name] = train, test
-    # Across tasks too: no place in any task's train split is in any task's test split.
-    for kind, (train, test) in by_kind.items():
-        train_all, test_all = set().union(*train.values()), set().union(*test.values())
-        assert not train_all & test_all, (kind, sorted(train_all & test_all)[:5])
-    assert len(by_kind["neon"][1]["NEONLite-GeoLoc"]) == 9  # 9 test tiles (OSBS and the east third of YELL)
+        assert any(train.values()) and any(test.values()), name
+        for kind in train:
+            train_all[kind] |= train[kind]
+            test_all[kind] |= test[kind]
+    # Across all tasks: no grid cell or city of any train split in any test split...
+    for kind in ("s2", "landsat", "city"):
+        assert train_all[kind] and test_all[kind], kind
+        assert not train_all[kind] & test_all[kind], (kind, sorted(train_all[kind] & test_all[kind])[:5])
+    # ... and no pixel of a test NEON window in any train window (so no test crown is seen in training).
+    assert len(train_all["neon"]) > 100 and len(test_all["neon"]) > 100
+    assert {w[0] for w in test_all["neon"]} == {"OSBS029", "SOAP061", "YELL528", "YELL541"}  # every image
+    assert not _overlapping(train_all["neon"], test_all["neon"])
+
+
+def test_the_overlap_check_finds_shared_pixels():
+    assert _overlapping({("YELL528", 1000, 0, 300)}, {("YELL528", 1200, 200, 200)})  # 100 x 100 px shared
+    assert not _overlapping({("YELL528", 1000, 0, 200)}, {("YELL528", 1200, 0, 200)})  # touching edges only
+    assert not _overlapping({("YELL541", 1000, 0, 300)}, {("YELL528", 1200, 200, 200)})  # other image
+
+
+# Test queries per task, pinned: every RSMEB-lite task has at least 200 (so P@1 is known to about +-0.06).
+TEST_QUERIES = {"S2Lite-SceneCls": 270, "S2Lite-T2I": 270, "S2Lite-Neighbour": 341, "S2Lite-VQA": 703,
+                "NEONLite-RefExp": 360, "NEONLite-RegionCaption": 360, "RSLite-GeoLoc": 250,
+                "GeoNames-Place2Coords": 400, "NaturalEarth-Coords2Country": 383}
+
+
+def test_task_sizes_are_pinned_and_large_enough(lite_dir):
+    sizes = {name: len(load_task(lite_dir, name, "test")[0]) for name in LITE}
+    assert sizes == TEST_QUERIES
+    assert min(sizes.values()) >= 200
+    train = {name: len(load_task(lite_dir, name, "train")[0]) for name in LITE}
+    assert min(train.values()) >= 400, train
+
+
+def test_grounding_and_geoloc_labels_are_true_by_construction(lite_dir):
+    from collections import Counter
+
+    queries, corpus = load_task(lite_dir, "NEONLite-RefExp", "test")
+    boxes = {row["id"]: row["bbox"][0] for row in corpus}
+    kinds = Counter()
+    for q in queries:
+        centres = {c: ((boxes[c][0] + boxes[c][2]) / 2, (boxes[c][1] + boxes[c][3]) / 2) for c in q["candidate_ids"]}
+        target = q["positive_ids"][0]
+        if q["text"] == "the leftmost tree crown":  # the target is the leftmost of the candidates too
+            assert min(centres, key=lambda c: centres[c][0]) == target
+            kinds["leftmost"] += 1
+        if q["text"] == "the bottommost tree crown":
+            assert max(centres, key=lambda c: centres[c][1]) == target
+            kinds["bottommost"] += 1
+    assert kinds["leftmost"] >= 10 and kinds["bottommost"] >= 10
+    queries, _ = load_task(lite_dir, "NEONLite-RegionCaption", "test")
+    for q in queries:
+        x1, y1, x2, y2 = q["bbox"][0]
+        size = WINDOW_PIXELS  # boxes are in the stored image's pixels
+        row = "upper" if (y1 + y2) / 2 < size / 3 else "lower" if (y1 + y2) / 2 >= 2 * size / 3 else "middle"
+        assert row in q["positive_ids"][0] or (row == "middle" and q["positive_ids"][0].endswith("_centre_of_the_image"))
+    queries, corpus = load_task(lite_dir, "RSLite-GeoLoc", "test")
+    per_place = Counter(q["positive_ids"][0] for q in queries)
+    assert per_place == {f"place:{p}": 50 for p in ("s2", "landsat", "OSBS", "SOAP", "YELL")}
+    places = {row["id"]: (row["lat"], row["lon"]) for row in corpus}
+    assert 37 < places["place:s2"][0] < 38.5 and 29.5 < places["place:OSBS"][0] < 30  # Virginia; Florida
 
 
 def _file_hashes(folder) -> dict[str, str]:

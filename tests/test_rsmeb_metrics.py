@@ -71,3 +71,48 @@ def test_shape_and_positive_errors():
         corpus_metrics(np.zeros((2, 3)), np.zeros((2, 4), dtype=bool))
     with pytest.raises(ValueError, match="relevant"):
         corpus_metrics(np.zeros((2, 3)), np.zeros((2, 3), dtype=bool))
+
+
+# --------------------------------------------------------------------------------------------------------
+# 95% bootstrap intervals of P@1, checked against two independent computations
+
+
+@pytest.mark.parametrize("n, hits", [(24, 5), (250, 61), (703, 540)])
+def test_bootstrap_interval_agrees_with_scipy_and_the_exact_binomial_bootstrap(n, hits):
+    from scipy import stats
+
+    from rsmeb_eval.metrics import bootstrap_ci
+
+    values = np.zeros(n)
+    values[np.random.default_rng(n).choice(n, hits, replace=False)] = 1.0
+    low, high = bootstrap_ci(values)
+    assert low < hits / n < high
+    # scipy's own percentile bootstrap (other code, other random stream): the same interval up to resampling noise.
+    theirs = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=10_000, method="percentile",
+                             random_state=np.random.default_rng(12345)).confidence_interval
+    assert low == pytest.approx(theirs.low, abs=1.5 / n + 0.005)
+    assert high == pytest.approx(theirs.high, abs=1.5 / n + 0.005)
+    # Exact: the mean of n draws with replacement from 0/1 values is Binomial(n, hits/n) / n, so the percentile
+    # bootstrap's limits are that distribution's 2.5% and 97.5% quantiles.
+    exact = stats.binom(n, hits / n)
+    assert low == pytest.approx(exact.ppf(0.025) / n, abs=1.01 / n)
+    assert high == pytest.approx(exact.ppf(0.975) / n, abs=1.01 / n)
+
+
+def test_bootstrap_interval_is_deterministic_and_reported_with_p_at_1():
+    from rsmeb_eval.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    scores = [rng.normal(size=5) for _ in range(200)]
+    positives = [np.eye(5, dtype=bool)[i % 5] for i in range(200)]
+    result = candidate_metrics(scores, positives)
+    hits = [float(np.argmax(s) == i % 5) for i, s in enumerate(scores)]
+    assert result["p@1"] == pytest.approx(np.mean(hits))
+    assert result["p@1_ci95"] == list(bootstrap_ci(hits)) == list(bootstrap_ci(hits))
+    low, high = result["p@1_ci95"]
+    assert 0.1 < low < result["p@1"] < high < 0.3 and high - low == pytest.approx(0.11, abs=0.03)
+    assert bootstrap_ci(np.ones(10)) == (1.0, 1.0)  # no variation: a point
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_ci([])
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_ci([1.0, 0.0], confidence=95)

