@@ -22,7 +22,8 @@ SPACE = REPO_ROOT / "space"
 SAMPLE = SPACE / "samples" / "neon_OSBS_029.png"  # 400x400
 # gradio's own queue code trips pandas 4 deprecation warnings; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
-ENDPOINTS = {"/ground", "/caption_regions", "/search_text", "/search_image", "/search_coords", "/search_place"}
+ENDPOINTS = {"/ground", "/caption_regions", "/search_text", "/search_image", "/search_coords", "/search_place",
+             "/refine", "/import_marks", "/index_raster", "/fewshot_map", "/change"}
 
 
 def load_space_app():
@@ -256,7 +257,8 @@ def test_reverse_grounding_ranks_the_labels_for_a_drawn_box(space, client, app):
 
 
 def _check_geo(space, outputs, k):
-    gallery_files, table, result, static_map, html = outputs
+    gallery_files, table, result, static_map, html, query_id, relevant, not_relevant, marks = outputs
+    assert query_id == result["query_id"] and marks is None
     tiles = {t.id: t for t in space[0].space.gallery.tiles}
     results = result["results"]
     assert result["k"] == k and len(results) == k and [r["rank"] for r in results] == list(range(1, k + 1))
@@ -370,14 +372,14 @@ def test_oversized_and_unreadable_uploads(client, space, app, tmp_path, monkeypa
 
     url = space[1].rstrip("/") + "/gradio_api/upload"
     over = tmp_path / "over.png"
-    over.write_bytes(os.urandom(int(app.MAX_UPLOAD_MB * 1024 * 1024) + 1))
+    over.write_bytes(os.urandom(int(app.settings.MAX_UPLOAD_MB * 1024 * 1024) + 1))
     with open(over, "rb") as handle:
         response = httpx.post(url, files={"files": ("over.png", handle, "image/png")}, timeout=60)
     assert response.status_code == 413 and "maximum allowed size" in response.text
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
         client.predict({"image": handle_file(str(over)), "boxes": []}, "x", ["1/2"], 3, api_name="/ground")
     # ...and the app's own check (used when it is launched without the server limit) gives a readable message.
-    monkeypatch.setattr(app, "MAX_UPLOAD_MB", 1)
+    monkeypatch.setattr(app.settings, "MAX_UPLOAD_MB", 1)
     assert "MB is above the limit of 1 MB" in app_error(
         lambda: client.predict(annotated(noise), "a field", ["1/2"], 3, api_name="/ground"))
 
@@ -601,14 +603,14 @@ BATTERY_RAW = [
      "Image: box 1 'xmin': expected a finite number, got nan"),
     ("box-1e400", "/caption_regions", '[{"image": IMAGE, "boxes": [BOX xmax 1e400]}, "a"]',
      "Image: box 1 'xmax': expected a finite number, got inf"),
-    ("box-minus-infinity", "/search_image", '[{"image": IMAGE, "boxes": [BOX ymin -Infinity]}, "", 3]',
+    ("box-minus-infinity", "/search_image", '[{"image": IMAGE, "boxes": [BOX ymin -Infinity]}, "", 3, "gallery"]',
      "Query image: box 1 'ymin': expected a finite number, got -inf"),
     ("top-k-nan", "/ground", '[{"image": IMAGE, "boxes": []}, "a tree", ["1/2"], NaN]',
      "Regions to show: expected a finite number, got nan"),
-    ("k-nan", "/search_text", '["a beach", NaN]', "Top-k tiles: expected a finite number, got nan"),
-    ("k-infinity", "/search_place", '["Norfolk, US", Infinity]', "Top-k tiles: expected a finite number, got inf"),
-    ("lat-nan", "/search_coords", '[NaN, -75.61, 5]', "Latitude: expected a finite number, got nan"),
-    ("lon-1e400", "/search_coords", '[37.69, 1e400, 5]', "Longitude: expected a finite number, got inf"),
+    ("k-nan", "/search_text", '["a beach", NaN, "gallery"]', "Top-k tiles: expected a finite number, got nan"),
+    ("k-infinity", "/search_place", '["Norfolk, US", Infinity, "gallery"]', "Top-k tiles: expected a finite number, got inf"),
+    ("lat-nan", "/search_coords", '[NaN, -75.61, 5, "gallery"]', "Latitude: expected a finite number, got nan"),
+    ("lon-1e400", "/search_coords", '[37.69, 1e400, 5, "gallery"]', "Longitude: expected a finite number, got inf"),
 ]
 
 
@@ -710,7 +712,7 @@ def test_battery_coordinate_edges_give_the_models_ranking(space, client, app, la
 def test_battery_a_server_file_outside_the_uploads_is_refused(space):
     """An attacker naming a server file as the image: gradio's own upload-folder check refuses it, by name."""
     body = json.dumps({"data": [{"image": {"path": "/etc/passwd", "orig_name": "passwd",
-                                           "meta": {"_type": "gradio.FileData"}}, "boxes": []}, "", 3]})
+                                           "meta": {"_type": "gradio.FileData"}}, "boxes": []}, "", 3, "gallery"]})
     message = _expect_app_error(lambda: raw_call(space[1], "/search_image", body),
                                 "Upload: refused a file path that was not uploaded to this app", kind=StreamedError)
     assert "root:" not in message and "/etc/passwd" not in message
@@ -776,13 +778,31 @@ def test_push_stages_a_self_contained_space(tmp_path):
     spec.loader.exec_module(module)
     files = {p.relative_to(tmp_path / "s").as_posix() for p in module.stage(tmp_path / "s")}
     for needed in ("app.py", "requirements.txt", "README.md", "ATTRIBUTION.md", "samples/neon_OSBS_029.png",
-                   "vlm2geovec/__init__.py", "vlm2geovec/data/assets.py",
+                   "vlm2geovec/__init__.py", "vlm2geovec/data/assets.py", "vlm2geovec_space/state.py",
+                   "vlm2geovec_space/analysis.py", "vlm2geovec_space/rasters.py",
                    "vlm2geovec/data/naturalearth_110m_countries.geojson",
                    "modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py"):
         assert needed in files, needed
     assert not any("__pycache__" in f for f in files)
     # the Space runs on the package alone: the benchmark's sources are not shipped
     assert not any(f.startswith("rsmeb_eval/") for f in files), sorted(f for f in files if f.startswith("rsmeb"))
+    # every module of the Space's own package is staged
+    own = {p.relative_to(SPACE).as_posix() for p in (SPACE / "vlm2geovec_space").glob("*.py")}
+    assert own and own <= files, sorted(own - files)
+
+
+def test_push_dry_run_lists_the_files():
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(SPACE / "push.py"), "--dry-run"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"\d+ files, [\d.]+ MB \(dry run: nothing staged or pushed\)", lines[-1]), lines[-1]
+    listed = set(lines[:-1])
+    assert int(lines[-1].split()[0]) == len(listed)
+    assert {"app.py", "vlm2geovec_space/state.py", "vlm2geovec/geotiff.py", "vlm2geovec/data/assets.py",
+            "processing_vlm2geovec.py"} <= listed
 
 
 def test_static_map_and_leaflet_fallback(app, space):

