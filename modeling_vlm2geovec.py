@@ -1,10 +1,12 @@
 """VLM2GeoVec: one embedding for interleaved images, text, boxes and coordinates.
 
-A Qwen2-VL backbone whose last-token (``<|endoftext|>``) hidden state, L2-normalised, is the embedding.
+A Qwen-VL backbone (Qwen2-VL, Qwen2.5-VL or Qwen3-VL: transformers' own model classes, wrapped, not copied) whose
+last-token hidden state, L2-normalised, is the embedding.
 This file is self-contained: it is copied into every checkpoint and runs as remote code
 (``AutoModel.from_pretrained(path, trust_remote_code=True)``). It holds no loss and no distributed code.
 
-Reads top to bottom: output dataclass, config, pooling mixin, model.
+Reads top to bottom: checks, output dataclass, configs, pooling, the embedding and loading mixins, one model class per
+backbone family.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import PretrainedConfig
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
 from transformers.utils import ModelOutput
 
 try:  # as remote code, next to the other checkpoint files
@@ -31,8 +38,11 @@ POOLING_MODES = ("last", "mean")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-# config.json model types this class loads: its own checkpoints, and Qwen2-VL backbones (`vlm2geovec convert`).
-LOADABLE_MODEL_TYPES = ("vlm2geovec", "qwen2_vl")
+# Our model_type per backbone family ("vlm2geovec" is Qwen2-VL: checkpoints written before other families existed).
+FAMILY_MODEL_TYPES = {"qwen2_vl": "vlm2geovec", "qwen2_5_vl": "vlm2geovec_qwen2_5_vl", "qwen3_vl": "vlm2geovec_qwen3_vl"}
+MODEL_TYPE_FAMILIES = {model_type: family for family, model_type in FAMILY_MODEL_TYPES.items()}
+# config.json model types the model classes load: our checkpoints, and the backbones (`vlm2geovec convert`).
+LOADABLE_MODEL_TYPES = tuple(FAMILY_MODEL_TYPES.values()) + tuple(FAMILY_MODEL_TYPES)
 MAKE_A_CHECKPOINT = "build one with `vlm2geovec nano` or `vlm2geovec convert`"
 INVALID_CONFIG = "invalid VLM2GeoVec configuration"
 _SHOWN_KEYS = 5  # keys quoted in a load error; the count says how many more
@@ -81,8 +91,8 @@ def check_config_dict(config: dict, source: str) -> None:
     model_type = config.get("model_type")
     if model_type not in LOADABLE_MODEL_TYPES:
         raise ValueError(
-            f"{source}: model_type {model_type!r} is not a VLM2GeoVec checkpoint (expected 'vlm2geovec', or "
-            f"'qwen2_vl' for a backbone); {MAKE_A_CHECKPOINT}"
+            f"{source}: model_type {model_type!r} is not a VLM2GeoVec checkpoint (expected one of "
+            f"{list(FAMILY_MODEL_TYPES.values())}, or {list(FAMILY_MODEL_TYPES)} for a backbone); {MAKE_A_CHECKPOINT}"
         )
 
 
@@ -213,33 +223,8 @@ class VLM2GeoVecOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
 
 
-class VLM2GeoVecConfig(Qwen2VLConfig):
-    r"""Qwen2-VL hyperparameters plus what changes the embedding.
-
-    Args:
-        pooling (`str`, *optional*, defaults to `"last"`):
-            ``"last"``: hidden state of the last attended token (the processor ends every item with
-            ``<|endoftext|>``); ``"mean"``: mean over attended tokens.
-        normalize (`bool`, *optional*, defaults to `True`):
-            L2-normalise the embedding.
-        embedding_dim (`int`, *optional*):
-            Keep only the first ``embedding_dim`` dimensions (Matryoshka), before normalising.
-        input_format_version (`int`, *optional*, defaults to 1):
-            Version of the processor's rendering of boxes and coordinates the weights were trained with.
-
-    Example:
-
-    ```python
-    >>> config = VLM2GeoVecConfig(pooling="last", normalize=True, embedding_dim=512)
-    ```
-    """
-
-    model_type = "vlm2geovec"
-
-    pooling: str = "last"
-    normalize: bool = True
-    embedding_dim: int | None = None
-    input_format_version: int = 1
+class _EmbeddingConfigMixin:
+    """What every family's config adds to its backbone's config: checks on load, and on the embedding fields."""
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -247,10 +232,16 @@ class VLM2GeoVecConfig(Qwen2VLConfig):
         name = os.fspath(pretrained_model_name_or_path)
         where = name if os.path.isfile(name) else os.path.join(name, kwargs.get("subfolder") or "", CONFIG_NAME)
         # transformers returns {} for a repository or folder without config.json, and this class would then build
-        # Qwen2-VL-72B-sized defaults (killed for memory before any weight is read).
+        # 72B-sized defaults (killed for memory before any weight is read).
         if not config_dict:
             raise FileNotFoundError(f"{where} not found: this is not a VLM2GeoVec checkpoint; {MAKE_A_CHECKPOINT}")
         check_config_dict(config_dict, where)
+        family = MODEL_TYPE_FAMILIES.get(config_dict.get("model_type"), config_dict.get("model_type"))
+        if family != cls.backbone_family:
+            raise ValueError(
+                f"{where}: a {family} checkpoint, but {cls.__name__} is the {cls.backbone_family} class; load it with "
+                f"AutoModel/AutoConfig (trust_remote_code=True) or {FAMILY_CLASS_NAMES.get(family, ('?',))[0]}"
+            )
         return config_dict, unused
 
     @classmethod
@@ -283,6 +274,66 @@ class VLM2GeoVecConfig(Qwen2VLConfig):
             raise ValueError(
                 f"embedding_dim must lie in [1, {self.text_config.hidden_size}], got {self.embedding_dim}"
             )
+
+
+_CONFIG_ARGS_DOC = r"""
+    Args:
+        pooling (`str`, *optional*, defaults to `"last"`):
+            ``"last"``: hidden state of the last attended token (the processor ends every item with the token to
+            pool); ``"mean"``: mean over attended tokens.
+        normalize (`bool`, *optional*, defaults to `True`):
+            L2-normalise the embedding.
+        embedding_dim (`int`, *optional*):
+            Keep only the first ``embedding_dim`` dimensions (Matryoshka), before normalising.
+        input_format_version (`int`, *optional*, defaults to 1):
+            Version of the processor's rendering of boxes and coordinates the weights were trained with.
+"""
+
+
+class VLM2GeoVecConfig(_EmbeddingConfigMixin, Qwen2VLConfig):
+    r"""Qwen2-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen2_vl"``).
+    """ + _CONFIG_ARGS_DOC + r"""
+    Example:
+
+    ```python
+    >>> config = VLM2GeoVecConfig(pooling="last", normalize=True, embedding_dim=512)
+    ```
+    """
+
+    model_type = "vlm2geovec"
+    backbone_family = "qwen2_vl"
+
+    pooling: str = "last"
+    normalize: bool = True
+    embedding_dim: int | None = None
+    input_format_version: int = 1
+
+
+class VLM2GeoVecQwen2_5VLConfig(_EmbeddingConfigMixin, Qwen2_5_VLConfig):
+    r"""Qwen2.5-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen2_5_vl"``).
+    """ + _CONFIG_ARGS_DOC
+
+    model_type = "vlm2geovec_qwen2_5_vl"
+    backbone_family = "qwen2_5_vl"
+
+    pooling: str = "last"
+    normalize: bool = True
+    embedding_dim: int | None = None
+    input_format_version: int = 1
+
+
+class VLM2GeoVecQwen3VLConfig(_EmbeddingConfigMixin, Qwen3VLConfig):
+    r"""Qwen3-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen3_vl"``); also the
+    family of Qwen3-VL-Embedding checkpoints.
+    """ + _CONFIG_ARGS_DOC
+
+    model_type = "vlm2geovec_qwen3_vl"
+    backbone_family = "qwen3_vl"
+
+    pooling: str = "last"
+    normalize: bool = True
+    embedding_dim: int | None = None
+    input_format_version: int = 1
 
 
 def last_token_indices(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -364,26 +415,38 @@ class VLM2GeoVecEmbeddingMixin:
         return VLM2GeoVecOutput(embeddings=embeddings, last_hidden_state=hidden if output_hidden_states else None)
 
 
-class VLM2GeoVecModel(VLM2GeoVecEmbeddingMixin, Qwen2VLModel):
-    """Qwen2-VL embedder.
+class _StrictLoadingMixin:
+    """``from_pretrained`` that refuses to leave weights random or unused, and family dispatch."""
 
-    Loads any Qwen2-VL checkpoint, old (``model.layers.*``/``visual.*``) or new
-    (``model.language_model.*``/``model.visual.*``) key layout; ``lm_head`` is dropped.
-
-    Example:
-
-    ```python
-    >>> from transformers import AutoModel, AutoProcessor
-    >>> model = AutoModel.from_pretrained("path/to/vlm2geovec", trust_remote_code=True)
-    >>> processor = AutoProcessor.from_pretrained("path/to/vlm2geovec", trust_remote_code=True)
-    >>> inputs = processor(items=[{"text": "a river delta"}, {"coords": (29.69, -81.99)}])
-    >>> model(**inputs).embeddings.shape
-    torch.Size([2, 1536])
-    ```
-    """
-
-    config_class = VLM2GeoVecConfig
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
+    @classmethod
+    def _family_class(cls, name: str | None, kwargs: dict):
+        """The model class for the checkpoint's family when ``cls`` is another family's (``VLM2GeoVecModel``
+        loads every family's checkpoints; a family class loads only its own)."""
+        if name is None or kwargs.get("config") is not None:
+            return cls
+        folder = os.path.join(name, kwargs.get("subfolder") or "")
+        path = os.path.join(folder, CONFIG_NAME)
+        if os.path.isfile(path):
+            config = read_json_file(path, CONFIG_NAME)
+        elif looks_like_local_path(name):
+            return cls  # the loader below names what is missing
+        else:  # a Hub id: its config.json (cached by the Hub client, so the load below does not fetch it again)
+            hub = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder",
+                                                 "force_download", "proxies") if key in kwargs}
+            try:
+                config, _ = PretrainedConfig.get_config_dict(name, **hub)
+            except (OSError, ValueError):
+                return cls  # let the load below raise its own error
+        family = MODEL_TYPE_FAMILIES.get(config.get("model_type"), config.get("model_type")) if isinstance(config, dict) else None
+        target = FAMILY_MODEL_CLASSES.get(family)
+        if target is None or target is cls:
+            return cls
+        if cls is not VLM2GeoVecModel:
+            raise ValueError(f"{path}: a {family} checkpoint, but {cls.__name__} is the "
+                             f"{cls.config_class.backbone_family} class; load it with {target.__name__} or AutoModel")
+        return target
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, allow_missing_weights: bool = False,
@@ -403,6 +466,10 @@ class VLM2GeoVecModel(VLM2GeoVecEmbeddingMixin, Qwen2VLModel):
                 caller (``vlm2geovec convert`` does).
         """
         name = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        target = cls._family_class(name, kwargs)
+        if target is not cls:
+            return target.from_pretrained(pretrained_model_name_or_path, *model_args,
+                                          allow_missing_weights=allow_missing_weights, **kwargs)
         if name is not None and _loaded_from_sentence_transformers_fallback():
             raise FileNotFoundError(
                 f"{os.path.join(name, 'modules.json')} not found: without it sentence-transformers wraps VLM2GeoVec in "
@@ -444,15 +511,74 @@ class VLM2GeoVecModel(VLM2GeoVecEmbeddingMixin, Qwen2VLModel):
             fix_weight_file_modes(save_directory)
 
 
-# Without this, a subclass of Qwen2VLModel does not inherit Qwen2-VL's checkpoint key renaming, and loading a
-# Hub Qwen2-VL checkpoint would leave the whole language model randomly initialised (with only a warning).
-register_checkpoint_conversion_mapping(
-    "VLM2GeoVecModel", get_checkpoint_conversion_mapping("Qwen2VLModel"), overwrite=True
-)
+class VLM2GeoVecModel(_StrictLoadingMixin, VLM2GeoVecEmbeddingMixin, Qwen2VLModel):
+    """Qwen2-VL embedder; ``VLM2GeoVecModel.from_pretrained`` also loads the other families' checkpoints (it
+    returns that family's class).
+
+    Loads any Qwen2-VL checkpoint, old (``model.layers.*``/``visual.*``) or new
+    (``model.language_model.*``/``model.visual.*``) key layout; ``lm_head`` is dropped.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModel, AutoProcessor
+    >>> model = AutoModel.from_pretrained("path/to/vlm2geovec", trust_remote_code=True)
+    >>> processor = AutoProcessor.from_pretrained("path/to/vlm2geovec", trust_remote_code=True)
+    >>> inputs = processor(items=[{"text": "a river delta"}, {"coords": (29.69, -81.99)}])
+    >>> model(**inputs).embeddings.shape
+    torch.Size([2, 1536])
+    ```
+    """
+
+    config_class = VLM2GeoVecConfig
+
+
+class VLM2GeoVecQwen2_5VLModel(_StrictLoadingMixin, VLM2GeoVecEmbeddingMixin, Qwen2_5_VLModel):
+    """Qwen2.5-VL embedder (``model.language_model.*``/``model.visual.*`` and legacy key layouts)."""
+
+    config_class = VLM2GeoVecQwen2_5VLConfig
+
+
+class VLM2GeoVecQwen3VLModel(_StrictLoadingMixin, VLM2GeoVecEmbeddingMixin, Qwen3VLModel):
+    """Qwen3-VL embedder; also loads Qwen3-VL-Embedding checkpoints (``vlm2geovec convert``)."""
+
+    config_class = VLM2GeoVecQwen3VLConfig
+
+
+FAMILY_MODEL_CLASSES = {
+    "qwen2_vl": VLM2GeoVecModel,
+    "qwen2_5_vl": VLM2GeoVecQwen2_5VLModel,
+    "qwen3_vl": VLM2GeoVecQwen3VLModel,
+}
+FAMILY_CONFIG_CLASSES = {family: model.config_class for family, model in FAMILY_MODEL_CLASSES.items()}
+FAMILY_CLASS_NAMES = {family: (model.__name__, model.config_class.__name__) for family, model in FAMILY_MODEL_CLASSES.items()}
+
+
+def model_auto_map(family: str) -> dict[str, str]:
+    """``config.json``'s ``auto_map`` for a family's checkpoint."""
+    model_name, config_name = FAMILY_CLASS_NAMES[family]
+    return {"AutoConfig": f"modeling_vlm2geovec.{config_name}", "AutoModel": f"modeling_vlm2geovec.{model_name}"}
+
+
+# Without this, a subclass of a backbone model does not inherit its checkpoint key renaming, and loading a Hub
+# checkpoint in the legacy layout would leave the whole language model randomly initialised (with only a warning).
+for _family_model, _backbone in ((VLM2GeoVecModel, "Qwen2VLModel"), (VLM2GeoVecQwen2_5VLModel, "Qwen2_5_VLModel"),
+                                 (VLM2GeoVecQwen3VLModel, "Qwen3VLModel")):
+    _mapping = get_checkpoint_conversion_mapping(_backbone)
+    if _mapping:
+        register_checkpoint_conversion_mapping(_family_model.__name__, _mapping, overwrite=True)
 
 __all__ = [
+    "FAMILY_CONFIG_CLASSES",
+    "FAMILY_MODEL_CLASSES",
+    "FAMILY_MODEL_TYPES",
     "VLM2GeoVecConfig",
     "VLM2GeoVecModel",
+    "VLM2GeoVecQwen2_5VLConfig",
+    "VLM2GeoVecQwen2_5VLModel",
+    "VLM2GeoVecQwen3VLConfig",
+    "VLM2GeoVecQwen3VLModel",
+    "model_auto_map",
     "VLM2GeoVecOutput",
     "check_config_file",
     "check_local_folder",

@@ -21,12 +21,18 @@ pixels of the nearest preceding image (several boxes: a list of such lists). ``c
 Rendering (``INPUT_FORMAT_VERSION = 1``), pinned by tests and documented in ``model_card.md``:
 
 * image  -> ``<|vision_start|><|image_pad|>...<|vision_end|>`` (one pad token per merged 28x28 patch)
-* bbox   -> ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` with integers in 0..1000 of the image's original
-  width/height (Qwen2-VL's native grounding form)
-* coords -> ``29.6900°N, 81.9900°W`` (latitude first, fixed precision, hemisphere letters)
+* bbox   -> the backbone family's own grounding form (`BACKBONE_FAMILIES`), always from a box given in pixels of
+  the image as the user passed it (upright):
+  Qwen2-VL ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` with integers in 0..1000 of the image;
+  Qwen3-VL ``{"bbox_2d": [x1, y1, x2, y2]}`` with integers in 0..1000 of the image;
+  Qwen2.5-VL ``{"bbox_2d": [x1, y1, x2, y2]}`` in absolute pixels of the *resized* model input
+* coords -> ``29.6900°N, 81.9900°W`` (latitude first, fixed precision, hemisphere letters; the same in every family)
 * parts are joined with ``"\\n"``, except that nothing is inserted right after an image
-* the whole item is a Qwen2-VL chat (system = instruction, user = content) followed by ``<|endoftext|>``,
-  whose hidden state is the embedding.
+* the whole item is the family's chat (system = instruction, user = content) followed by the prompt style's ending:
+  ``"vlm2geovec"`` appends ``<|endoftext|>`` after the user turn, whose hidden state is the embedding;
+  ``"qwen3_vl_embedding"`` reproduces Qwen3-VL-Embedding's own pipeline (default instruction
+  "Represent the user's input.", a final full stop added to an instruction without end punctuation, and the
+  generation prompt ``<|im_start|>assistant\\n`` whose last token is pooled).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import math
 import os
 import unicodedata
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,6 +92,111 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen3-VL's chat turns: no default system turn, content parts concatenated. (Qwen3-VL checkpoints ship a longer
+# template, with tools and thinking; for system and user turns of text and images it renders exactly this.)
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Added tokens of each tokenizer generation, in id order from 151643 (after the 151,643 byte-level BPE ranks).
+QWEN2_VL_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+)
+QWEN2_5_SPECIAL_TOKENS = QWEN2_VL_SPECIAL_TOKENS + (
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>",
+)
+QWEN3_SPECIAL_TOKENS = QWEN2_5_SPECIAL_TOKENS + ("<tool_response>", "</tool_response>", "<think>", "</think>")
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """What changes between Qwen-VL generations, read from each family's own processor and checkpoints. Adding a
+    family is one entry in `BACKBONE_FAMILIES` plus a config/model pair in ``modeling_vlm2geovec.py``."""
+
+    name: str  # the backbone's transformers model_type
+    title: str
+    hub_ids: tuple[str, ...]
+    patch_size: int  # vision patch side in pixels
+    merge_size: int  # patches merged per side into one token (a token covers patch_size * merge_size pixels)
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    pixel_budget: tuple[int, int]  # (min, max) pixels per image in the Hub checkpoints' image processor
+    box_units: str  # "0-1000": integers in 0..1000 of the image; "resized-pixels": pixels of the resized input
+    box_syntax: str  # "qwen2_vl": <|box_start|>(x1,y1),(x2,y2)<|box_end|>; "json": {"bbox_2d": [x1, y1, x2, y2]}
+    default_system_prompt: str | None  # rendered when no instruction is given (None: no system turn)
+    special_tokens: tuple[str, ...]
+    chat_template: str
+
+    @property
+    def image_factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+
+BACKBONE_FAMILIES: dict[str, BackboneFamily] = {
+    "qwen2_vl": BackboneFamily(
+        "qwen2_vl", "Qwen2-VL", ("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"), 14, 2,
+        OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, (56 * 56, 28 * 28 * 16384), "0-1000", "qwen2_vl",
+        DEFAULT_SYSTEM_PROMPT, QWEN2_VL_SPECIAL_TOKENS, QWEN2_VL_CHAT_TEMPLATE,
+    ),
+    "qwen2_5_vl": BackboneFamily(
+        "qwen2_5_vl", "Qwen2.5-VL", ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"), 14, 2,
+        OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, (56 * 56, 28 * 28 * 16384), "resized-pixels", "json",
+        DEFAULT_SYSTEM_PROMPT, QWEN2_5_SPECIAL_TOKENS, QWEN2_VL_CHAT_TEMPLATE,
+    ),
+    "qwen3_vl": BackboneFamily(
+        "qwen3_vl", "Qwen3-VL", ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct",
+                                 "Qwen/Qwen3-VL-Embedding-2B", "Qwen/Qwen3-VL-Embedding-8B"), 16, 2,
+        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (65536, 16777216), "0-1000", "json",
+        None, QWEN3_SPECIAL_TOKENS, QWEN3_VL_CHAT_TEMPLATE,
+    ),
+}
+DEFAULT_FAMILY = "qwen2_vl"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How an item's chat ends and where the embedding is read."""
+
+    name: str
+    ending: str  # appended after the user turn's content; its last token is pooled
+    default_instruction: str | None  # used when no instruction is given (None: the family's default system turn)
+    end_instruction_with_punctuation: bool  # add "." to an instruction whose last character is no punctuation
+
+
+PROMPT_STYLES: dict[str, PromptStyle] = {
+    "vlm2geovec": PromptStyle("vlm2geovec", "<|im_end|>\n<|endoftext|>", None, False),
+    # Qwen3-VL-Embedding's published pipeline: system instruction, user content, generation prompt, last token.
+    "qwen3_vl_embedding": PromptStyle(
+        "qwen3_vl_embedding", "<|im_end|>\n<|im_start|>assistant\n", "Represent the user's input.", True
+    ),
+}
+DEFAULT_PROMPT_STYLE = "vlm2geovec"
+
+
+def backbone_family_spec(name: Any) -> BackboneFamily:
+    """The `BackboneFamily` called ``name`` (a transformers model_type such as ``"qwen2_5_vl"``)."""
+    if name not in BACKBONE_FAMILIES:
+        raise ValueError(f"backbone_family: unknown family {name!r}; supported: {sorted(BACKBONE_FAMILIES)}")
+    return BACKBONE_FAMILIES[name]
+
+
+def prompt_style_spec(name: Any) -> PromptStyle:
+    if name not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style: unknown style {name!r}; supported: {sorted(PROMPT_STYLES)}")
+    return PROMPT_STYLES[name]
+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,27 +239,48 @@ def validate_bbox(bbox: Any, image_size: tuple[int, int] | None, field: str = "b
     return x1, y1, x2, y2
 
 
-def format_bbox(bbox: Sequence[float], image_size: tuple[int, int]) -> str:
-    """Render a pixel box as Qwen2-VL grounding text, normalised to 0..1000 of the original image size.
+def _box_span(low: float, high: float, size: float, scale: int) -> tuple[int, int]:
+    """A pixel interval of an axis of ``size`` pixels, as integers in 0..scale; an interval narrower than one unit
+    would round to a point, so it is kept one unit wide."""
+    a = min(scale, max(0, int(round(low * scale / size))))
+    b = min(scale, max(0, int(round(high * scale / size))))
+    if b <= a:
+        a, b = (a, a + 1) if a < scale else (scale - 1, scale)
+    return a, b
+
+
+def format_bbox(
+    bbox: Sequence[float],
+    image_size: tuple[int, int],
+    family: str = DEFAULT_FAMILY,
+    resized_size: tuple[int, int] | None = None,
+) -> str:
+    """Render a box given in pixels of an image of ``image_size`` ``(width, height)`` in ``family``'s own form.
+
+    Families with ``box_units == "resized-pixels"`` (Qwen2.5-VL) need ``resized_size``, the ``(width, height)`` the
+    image processor resizes that image to; the others use integers in 0..1000 of the image.
 
     >>> format_bbox([10, 20, 110, 220], (400, 400))
     '<|box_start|>(25,50),(275,550)<|box_end|>'
+    >>> format_bbox([10, 20, 110, 220], (400, 400), "qwen3_vl")
+    '{"bbox_2d": [25, 50, 275, 550]}'
+    >>> format_bbox([10, 20, 110, 220], (400, 400), "qwen2_5_vl", resized_size=(392, 392))
+    '{"bbox_2d": [10, 20, 108, 216]}'
     """
     x1, y1, x2, y2 = validate_bbox(bbox, image_size)
+    spec = backbone_family_spec(family)
     width, height = image_size
-
-    def scale(value: float, size: int) -> int:
-        return min(BOX_SCALE, max(0, int(round(value * BOX_SCALE / size))))
-
-    def span(low: float, high: float, size: int) -> tuple[int, int]:
-        # A box narrower than one unit of the 0..1000 grid would round to a point: keep it one unit wide.
-        a, b = scale(low, size), scale(high, size)
-        if b <= a:
-            a, b = (a, a + 1) if a < BOX_SCALE else (BOX_SCALE - 1, BOX_SCALE)
-        return a, b
-
-    (ax, bx), (ay, by) = span(x1, x2, width), span(y1, y2, height)
-    return f"{BOX_START}({ax},{ay}),({bx},{by}){BOX_END}"
+    if spec.box_units == "resized-pixels":
+        if resized_size is None:
+            raise ValueError(f"{spec.title} boxes are in pixels of the resized image: pass resized_size")
+        out_w, out_h = resized_size
+        (ax, bx), (ay, by) = _box_span(x1 * out_w / width, x2 * out_w / width, out_w, out_w), \
+            _box_span(y1 * out_h / height, y2 * out_h / height, out_h, out_h)
+    else:
+        (ax, bx), (ay, by) = _box_span(x1, x2, width, BOX_SCALE), _box_span(y1, y2, height, BOX_SCALE)
+    if spec.box_syntax == "qwen2_vl":
+        return f"{BOX_START}({ax},{ay}),({bx},{by}){BOX_END}"
+    return f'{{"bbox_2d": [{ax}, {ay}, {bx}, {by}]}}'
 
 
 def validate_coords(coords: Any, field: str = "coords") -> tuple[float, float]:
@@ -711,14 +844,43 @@ def check_items(
                        image_scale=image_scale)
 
 
+def _styled_instruction(instruction: str | None, style: PromptStyle) -> str | None:
+    if instruction is None:
+        return style.default_instruction
+    if style.end_instruction_with_punctuation:
+        instruction = instruction.strip()
+        if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+            instruction += "."
+    return instruction
+
+
 def render_pieces(
-    parts: list[tuple[str, Any]], instruction: str | None = None, coord_precision: int = DEFAULT_COORD_PRECISION
+    parts: list[tuple[str, Any]],
+    instruction: str | None = None,
+    coord_precision: int = DEFAULT_COORD_PRECISION,
+    family: str = DEFAULT_FAMILY,
+    style: str = DEFAULT_PROMPT_STYLE,
+    resized_size=None,
 ) -> list[tuple[str, bool]]:
-    """The full text of one item as ``(text, from_user)`` pieces: Qwen2-VL chat (system = instruction) plus the
-    embedding token. Pieces from the user (texts, instruction) are tokenized as plain text, so control tokens
-    typed in them (``<|im_end|>``, ``<|image_pad|>``...) stay text instead of steering the chat template."""
-    system = (instruction, True) if instruction else (DEFAULT_SYSTEM_PROMPT, False)
-    pieces: list[tuple[str, bool]] = [("<|im_start|>system\n", False), system, ("<|im_end|>\n<|im_start|>user\n", False)]
+    """The full text of one item as ``(text, from_user)`` pieces: the family's chat (system = instruction) plus the
+    prompt style's ending. Pieces from the user (texts, instruction) are tokenized as plain text, so control tokens
+    typed in them (``<|im_end|>``, ``<|image_pad|>``...) stay text instead of steering the chat template.
+
+    ``resized_size`` maps an image's ``(width, height)`` to the size the image processor resizes it to; families
+    whose boxes are in pixels of the resized input (Qwen2.5-VL) need it.
+    """
+    spec, ending = backbone_family_spec(family), prompt_style_spec(style)
+    system_text = _styled_instruction(instruction, ending)
+    if system_text:
+        system = (system_text, instruction is not None)
+    elif spec.default_system_prompt is not None:
+        system = (spec.default_system_prompt, False)
+    else:
+        system = None
+    pieces: list[tuple[str, bool]] = []
+    if system is not None:
+        pieces += [("<|im_start|>system\n", False), system, ("<|im_end|>\n", False)]
+    pieces.append(("<|im_start|>user\n", False))
     previous = None
     for kind, value in parts:
         if previous is not None and previous != "image":
@@ -727,21 +889,27 @@ def render_pieces(
             pieces.append((f"{VISION_START}{IMAGE_TOKEN}{VISION_END}", False))
         elif kind == "bbox":
             box, size = value
-            pieces.append((format_bbox(box, size), False))
+            resized = resized_size(*size) if (resized_size is not None and spec.box_units == "resized-pixels") else None
+            pieces.append((format_bbox(box, size, family, resized), False))
         elif kind == "coords":
             pieces.append((format_coords(value, coord_precision), False))
         else:
             pieces.append((value, True))
         previous = kind
-    pieces.append((f"<|im_end|>\n{EMBED_TOKEN}", False))
+    pieces.append((ending.ending, False))
     return pieces
 
 
 def render_item(
-    parts: list[tuple[str, Any]], instruction: str | None = None, coord_precision: int = DEFAULT_COORD_PRECISION
+    parts: list[tuple[str, Any]],
+    instruction: str | None = None,
+    coord_precision: int = DEFAULT_COORD_PRECISION,
+    family: str = DEFAULT_FAMILY,
+    style: str = DEFAULT_PROMPT_STYLE,
+    resized_size=None,
 ) -> str:
     """The full text of one item (see `render_pieces`)."""
-    return "".join(text for text, _ in render_pieces(parts, instruction, coord_precision))
+    return "".join(text for text, _ in render_pieces(parts, instruction, coord_precision, family, style, resized_size))
 
 
 def estimate_item_tokens(item: Any, image_processor: Qwen2VLImageProcessorPil | None = None) -> int:
@@ -866,6 +1034,12 @@ class VLM2GeoVecProcessor(ProcessorMixin):
             and the chat frame are never cut (an item that needs more without its text raises).
         max_image_pixels (`int`, *optional*, defaults to 16384**2):
             Images above this many pixels are refused before decoding (tile them first).
+        backbone_family (`str`, *optional*, defaults to `"qwen2_vl"`):
+            The backbone's family (`BACKBONE_FAMILIES`: ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``): chat frame and box
+            form. It must match the model's ``config.backbone_family``.
+        prompt_style (`str`, *optional*, defaults to `"vlm2geovec"`):
+            How an item ends and which token is pooled (`PROMPT_STYLES`); ``"qwen3_vl_embedding"`` reproduces
+            Qwen3-VL-Embedding's own pipeline for checkpoints converted from it.
         image_scale (`str` or `(low, high)`, *optional*, defaults to `"auto"`):
             What high-bit-depth images (16-bit PNG/TIFF, PIL modes I;16/I/F, integer arrays wider than 8 bits)
             become: ``"auto"`` stretches each band from its 2nd..98th percentile to 0..255; ``(low, high)`` maps
@@ -891,6 +1065,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         max_length: int | None = None,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         image_scale: str | Sequence[float] | None = "auto",
+        backbone_family: str = DEFAULT_FAMILY,
+        prompt_style: str = DEFAULT_PROMPT_STYLE,
         **kwargs,
     ):
         if image_processor is not None and not isinstance(image_processor, Qwen2VLImageProcessorPil):
@@ -903,7 +1079,15 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         scale = check_image_scale(image_scale)
         self.image_scale = list(scale) if isinstance(scale, tuple) else scale  # a list survives the JSON config
         self.input_format_version = INPUT_FORMAT_VERSION
-        super().__init__(image_processor, tokenizer, chat_template=chat_template or QWEN2_VL_CHAT_TEMPLATE)
+        self.backbone_family = backbone_family_spec(backbone_family).name
+        self.prompt_style = prompt_style_spec(prompt_style).name
+        family = BACKBONE_FAMILIES[self.backbone_family]
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or family.chat_template)
+        if image_processor is not None and image_processor.patch_size != family.patch_size:
+            raise ValueError(
+                f"image processor patch_size {image_processor.patch_size} does not match the {family.title} backbone "
+                f"family (patch_size {family.patch_size}); pass backbone_family= for the backbone you use"
+            )
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.embed_token_id = tokenizer.convert_tokens_to_ids(EMBED_TOKEN)
 
@@ -965,6 +1149,24 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         return [normalize_item(item, f"items[{i}]", self.max_image_pixels, image_scale=scale)
                 for i, item in enumerate(items)]
 
+    @property
+    def family_name(self) -> str:
+        return getattr(self, "backbone_family", DEFAULT_FAMILY)  # processors saved before families existed: Qwen2-VL
+
+    @property
+    def style_name(self) -> str:
+        return getattr(self, "prompt_style", DEFAULT_PROMPT_STYLE)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """The ``(width, height)`` the image processor resizes a ``width`` x ``height`` image to (what Qwen2.5-VL's
+        absolute box coordinates refer to)."""
+        ip = self.image_processor
+        if not ip.do_resize:
+            return width, height
+        new_height, new_width = smart_resize(height, width, factor=ip.patch_size * ip.merge_size,
+                                             min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
+        return new_width, new_height
+
     def _image_scale(self) -> str | tuple[float, float] | None:
         return check_image_scale(getattr(self, "image_scale", "auto"))
 
@@ -977,7 +1179,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         """The exact text of each item, before image-token expansion (for inspection and tests)."""
         parts = self.normalize(items)
         instructions = self._instructions(instruction, len(parts))
-        return [render_item(p, ins, self.coord_precision) for p, ins in zip(parts, instructions)]
+        return [render_item(p, ins, self.coord_precision, self.family_name, self.style_name, self.resized_size)
+                for p, ins in zip(parts, instructions)]
 
     def encode_items(
         self,
@@ -1155,7 +1358,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         stretch: list[str] = []
         images = iter(counts)
         n_images = 0
-        for text, from_user in render_pieces(item_parts, instruction, self.coord_precision):
+        for text, from_user in render_pieces(item_parts, instruction, self.coord_precision, self.family_name,
+                                             self.style_name, self.resized_size):
             for i, chunk in enumerate([text] if from_user else pattern.split(text)):
                 if i % 2 == 0:
                     stretch.append(chunk)
@@ -1258,6 +1462,8 @@ class VLM2GeoVecProcessor(ProcessorMixin):
         scale = self._image_scale()
         return {
             "input_format_version": self.input_format_version,
+            "backbone_family": self.family_name,
+            "prompt_style": self.style_name,
             "coord_precision": self.coord_precision,
             "max_length": self.length_limit(),
             "image_scale": list(scale) if isinstance(scale, tuple) else scale,
@@ -1283,6 +1489,11 @@ __all__ = [
     "ITEM_KEYS",
     "format_bbox",
     "format_coords",
+    "BACKBONE_FAMILIES",
+    "BackboneFamily",
+    "PROMPT_STYLES",
+    "backbone_family_spec",
+    "prompt_style_spec",
     "validate_bbox",
     "validate_coords",
     "load_image",

@@ -29,21 +29,24 @@ import torch
 from sentence_transformers.base.modules.input_module import InputModule
 
 try:  # as remote code, next to the other checkpoint files
-    from .modeling_vlm2geovec import REPAIR, VLM2GeoVecModel, check_local_folder, fix_weight_file_modes, read_json_file
+    from .modeling_vlm2geovec import (
+        MODEL_TYPE_FAMILIES, REPAIR, VLM2GeoVecModel, check_local_folder, fix_weight_file_modes, model_auto_map,
+        read_json_file,
+    )
     from .processing_vlm2geovec import (
         PROCESSOR_FILES, VLM2GeoVecProcessor, check_processor_folder, estimate_item_tokens,
     )
 except ImportError:  # installed as top-level modules
-    from modeling_vlm2geovec import REPAIR, VLM2GeoVecModel, check_local_folder, fix_weight_file_modes, read_json_file
+    from modeling_vlm2geovec import (
+        MODEL_TYPE_FAMILIES, REPAIR, VLM2GeoVecModel, check_local_folder, fix_weight_file_modes, model_auto_map,
+        read_json_file,
+    )
     from processing_vlm2geovec import (
         PROCESSOR_FILES, VLM2GeoVecProcessor, check_processor_folder, estimate_item_tokens,
     )
 
 REMOTE_CODE_FILES = ("modeling_vlm2geovec.py", "processing_vlm2geovec.py", "st_vlm2geovec.py")
-MODEL_AUTO_MAP = {
-    "AutoConfig": "modeling_vlm2geovec.VLM2GeoVecConfig",
-    "AutoModel": "modeling_vlm2geovec.VLM2GeoVecModel",
-}
+MODEL_AUTO_MAP = model_auto_map("qwen2_vl")  # Qwen2-VL's; each checkpoint gets its family's (`write_remote_code`)
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_vlm2geovec.VLM2GeoVecProcessor"}
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
 def check_processor_files(folder: str | os.PathLike) -> None:
@@ -65,8 +68,10 @@ def write_remote_code(output_path: str | os.PathLike) -> None:
             raise FileNotFoundError(f"remote-code file {source} is missing; cannot write a loadable checkpoint")
         if source.resolve() != (output_path / name).resolve():
             shutil.copyfile(source, output_path / name)
-    if (output_path / "config.json").is_file():  # absent for an unmerged adapter (a peft folder)
-        _merge_json(output_path / "config.json", {"auto_map": MODEL_AUTO_MAP})
+    config_path = output_path / "config.json"
+    if config_path.is_file():  # absent for an unmerged adapter (a peft folder)
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+        _merge_json(config_path, {"auto_map": model_auto_map(MODEL_TYPE_FAMILIES.get(model_type, "qwen2_vl"))})
     _merge_json(output_path / "processor_config.json", {"auto_map": PROCESSOR_AUTO_MAP})
 
 
@@ -240,6 +245,7 @@ class VLM2GeoVecEmbedder(InputModule):
     def __init__(self, model: VLM2GeoVecModel, processor: VLM2GeoVecProcessor, preprocess_workers: int | None = None,
                  preprocess_backend: str = "thread"):
         super().__init__()
+        check_same_family(model, processor)
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -410,6 +416,18 @@ class VLM2GeoVecEmbedder(InputModule):
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 
 
+def check_same_family(model, processor) -> None:
+    """A processor renders boxes and the chat for one backbone family; the model must be of that family."""
+    config = getattr(model, "config", None)
+    family = getattr(config, "backbone_family", None) or MODEL_TYPE_FAMILIES.get(getattr(config, "model_type", None))
+    rendered = getattr(processor, "family_name", "qwen2_vl")
+    if family is not None and family != rendered:
+        raise ValueError(
+            f"the processor renders items for the {rendered} backbone family but the model is {family}: their "
+            f"vectors would be meaningless; save the processor with backbone_family={family!r} (or convert again)"
+        )
+
+
 def _find_adapter_config(model_name_or_path: str, hub: dict[str, Any]) -> str | None:
     """Path of the folder's ``adapter_config.json`` (local or downloaded from the Hub), or None."""
     if os.path.isdir(os.fspath(model_name_or_path)):
@@ -457,4 +475,4 @@ def _load_adapter_model(model_name_or_path: str, adapter_config_file: str, hub: 
     return model.eval() if merge else model
 
 
-__all__ = ["VLM2GeoVecEmbedder", "check_processor_files", "write_remote_code"]
+__all__ = ["VLM2GeoVecEmbedder", "check_processor_files", "check_same_family", "write_remote_code"]

@@ -91,5 +91,5 @@ def test_convert_refuses_other_architectures(tmp_path):
     from vlm2geovec.checkpoint import convert_backbone
 
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="expected a Qwen2-VL checkpoint"):
+    with pytest.raises(ValueError, match="model_type .bert. is not a supported backbone"):
         convert_backbone(str(tmp_path), tmp_path / "out")

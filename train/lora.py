@@ -32,8 +32,15 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 LANGUAGE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Qwen2-VL's vision blocks: fused attention qkv + output proj, two-layer MLP. The patch merger is not adapted.
-VISION_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+# Vision blocks per backbone family: fused attention qkv + output proj, and the MLP (Qwen2-VL: fc1/fc2; Qwen2.5-VL:
+# gated gate/up/down; Qwen3-VL: linear_fc1/linear_fc2). The patch mergers are not adapted.
+VISION_TARGETS_BY_FAMILY = {
+    "qwen2_vl": ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
+    "qwen2_5_vl": ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    "qwen3_vl": ("attn.qkv", "attn.proj", "mlp.linear_fc1", "mlp.linear_fc2"),
+}
+# Each name exists only in its own family's blocks, so one pattern serves every family.
+VISION_TARGETS = tuple(dict.fromkeys(name for names in VISION_TARGETS_BY_FAMILY.values() for name in names))
 
 
 @dataclass
@@ -47,7 +54,8 @@ class LoraSettings:
         use_dora: weight-decomposed LoRA (DoRA): adds a trainable magnitude vector per adapted layer.
         target_modules: leaf names of the language model's linear layers to adapt. Only modules under
             ``language_model.layers.*`` match, so the vision tower is untouched by default.
-        include_vision: also adapt the vision blocks' ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``.
+        include_vision: also adapt the vision blocks' attention (``attn.qkv``, ``attn.proj``) and MLP linear layers
+            (named per family: `VISION_TARGETS_BY_FAMILY`).
     """
 
     r: int = 16

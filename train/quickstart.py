@@ -79,8 +79,10 @@ def _build_data(data_dir: Path) -> float:
 
 def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list[str] | None = None,
                config_path: str | os.PathLike | None = None, seed: int = 0,
-               data_dir: str | os.PathLike | None = None, preset: str = "quick") -> dict[str, Any]:
-    """One quickstart run; returns ``{"before", "after", "timing_s", "max_steps", "batch_size"}``.
+               data_dir: str | os.PathLike | None = None, preset: str = "quick",
+               family: str = "qwen2_vl") -> dict[str, Any]:
+    """One quickstart run (`family`: the nano model's backbone family); returns
+    ``{"before", "after", "timing_s", "max_steps", "batch_size"}``.
 
     `data_dir`: an RSMEB-lite folder to use (built there if missing; default ``OUT/rsmeb-lite``).
     `preset`: "quick" (the nano recipe) or "full" (longer training); an explicit `max_steps` wins.
@@ -109,7 +111,7 @@ def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list
     stage = _Stages(timing, cpu_timing)
     with stage("nano"):
         print(f"[1/5] nano model -> {nano_dir}", flush=True)
-        model, processor = build_nano(seed=seed)
+        model, processor = build_nano(seed=seed, family=family)
         save_checkpoint(model, processor, nano_dir)
     with stage("rsmeb_lite"):
         _build_data(data_dir)
@@ -205,7 +207,8 @@ def seed_record(seed: int, run: dict[str, Any]) -> dict[str, Any]:
 
 def quickstart_seeds(out: str | os.PathLike, seeds: Sequence[int], max_steps: int | None = None,
                      tasks: list[str] | None = None, config_path: str | os.PathLike | None = None,
-                     data_dir: str | os.PathLike | None = None, preset: str = "quick") -> dict[str, Any]:
+                     data_dir: str | os.PathLike | None = None, preset: str = "quick",
+                     family: str = "qwen2_vl") -> dict[str, Any]:
     """One quickstart per seed (``OUT/seed-<s>``) on a shared RSMEB-lite (`data_dir`, default ``OUT/rsmeb-lite``);
     writes ``OUT/summary.json`` and ``OUT/report.md`` (mean and range over seeds)."""
     out = Path(out)
@@ -221,7 +224,7 @@ def quickstart_seeds(out: str | os.PathLike, seeds: Sequence[int], max_steps: in
     for seed in seeds:
         start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
         run = quickstart(out / f"seed-{seed}", max_steps=max_steps, tasks=tasks, config_path=config_path,
-                         seed=seed, data_dir=data_dir, preset=preset)
+                         seed=seed, data_dir=data_dir, preset=preset, family=family)
         record = seed_record(seed, run)
         record["timing_s"]["total"] = round(time.perf_counter() - start, 1)
         record["cpu_s"]["total"] = round(time.process_time() - cpu_start, 1)

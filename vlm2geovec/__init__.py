@@ -10,7 +10,7 @@ import os
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from modeling_vlm2geovec import VLM2GeoVecConfig, VLM2GeoVecModel, VLM2GeoVecOutput
+from modeling_vlm2geovec import FAMILY_MODEL_CLASSES, VLM2GeoVecConfig, VLM2GeoVecModel, VLM2GeoVecOutput
 from processing_vlm2geovec import (
     INPUT_FORMAT_VERSION,
     VLM2GeoVecProcessor,
@@ -24,9 +24,10 @@ from processing_vlm2geovec import (
 
 __version__ = "0.1.0"
 
-AutoConfig.register("vlm2geovec", VLM2GeoVecConfig, exist_ok=True)
-AutoModel.register(VLM2GeoVecConfig, VLM2GeoVecModel, exist_ok=True)
-AutoProcessor.register(VLM2GeoVecConfig, VLM2GeoVecProcessor, exist_ok=True)
+for _model_class in FAMILY_MODEL_CLASSES.values():
+    AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
+    AutoModel.register(_model_class.config_class, _model_class, exist_ok=True)
+    AutoProcessor.register(_model_class.config_class, VLM2GeoVecProcessor, exist_ok=True)
 
 
 def load_model(path: str, device: str | None = None, **kwargs):

