@@ -158,18 +158,20 @@ NEON_SCENE = next(name for name, key in rasters.BUNDLED.items() if key == "neon_
 
 
 def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-              device: str | None = None) -> gr.Blocks:
+              device: str | None = None, gallery: list | None = None) -> gr.Blocks:
     """The Space as a ``gr.Blocks`` (not launched). ``model_path``: a VLM2GeoVec folder or Hub id; default
-    ``$VLM2GEOVEC_MODEL`` or the offline nano model. The state is ``demo.space`` (a :class:`SpaceState`)."""
+    ``$VLM2GEOVEC_MODEL`` or the offline nano model. ``gallery``: tiles instead of the built-in gallery (tests).
+    The state is ``demo.space`` (a :class:`SpaceState`)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
     loaded = get_model(model_path, cache_dir, device)
-    state = SpaceState(loaded, cache_dir)
+    state = SpaceState(loaded, cache_dir, gallery)
     gallery = state.gallery
     samples = _samples()
     first_sample = samples.get("neon_OSBS_029") or next(iter(samples.values()), None)
     geo_first = samples.get("s2_barrier_island") or first_sample
     overview_png = static_map_png(gallery.latlon, title=f"{len(gallery.tiles)} gallery tiles")
     targets = lambda: list(state.collections)  # noqa: E731  (read at call time: rasters add targets)
+    raster_choices = lambda: [*rasters.BUNDLED, rasters.UPLOAD]  # noqa: E731
 
     def progress_bar(progress: gr.Progress, what: str):
         return lambda done, total: progress((done, total), desc=f"{what}: embedding tiles", unit="tiles")
@@ -258,7 +260,9 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                                                             for t in result["tiles"]])
         html = leaflet_html(collection, [], None, png, polygons=polygons)
         geojson = _export("fewshot_map.geojson", lambda p: analysis.write_geojson(p, result["geojson"]))
-        parquet = (_export("fewshot_map.parquet", lambda p: analysis.write_geoparquet(p, result["geojson"]))
+        properties = [{"label": t["label"], "confidence": t["confidence"], "training": t["training"]}
+                      for t in result["tiles"]]
+        parquet = (_export("fewshot_map.parquet", lambda p: analysis.write_geoparquet(p, collection, properties))
                    if analysis.geoparquet_available() else None)
         counts = [[c, n] for c, n in result["counts"].items()]
         table = [[t["id"], t["label"], t["confidence"], t["training"]] for t in result["tiles"]]
@@ -416,8 +420,9 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                             "Geo-retrieval tab.", elem_classes="vg-note")
                 with gr.Row():
                     with gr.Column(scale=2):
-                        raster_choice = gr.Dropdown([*rasters.BUNDLED, rasters.UPLOAD], value=NEON_SCENE,
-                                                    label="Raster (a bundled scene, or 'upload')")
+                        raster_choice = guard_choice(gr.Dropdown(
+                            [*rasters.BUNDLED, rasters.UPLOAD], value=NEON_SCENE,
+                            label="Raster (a bundled scene, or 'upload')"), "Raster", raster_choices)
                         raster_file = gr.File(label="GeoTIFF upload", file_types=[".tif", ".tiff"], type="filepath")
                         with gr.Row():
                             tile_size = guard_slider(gr.Slider(*settings.TILE_SIZES, value=100, step=1,
@@ -450,7 +455,8 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                         class_counts = gr.Dataframe(headers=["class", "tiles"], label="Tiles per class",
                                                     interactive=False)
                         fewshot_geojson = gr.File(label="Map as GeoJSON", interactive=False)
-                        fewshot_parquet = gr.File(label="Map as GeoParquet (needs geopandas)", interactive=False)
+                        fewshot_parquet = gr.File(label="Map as GeoParquet (needs the geoparquet extra)",
+                                                  interactive=False)
                     with gr.Column(scale=3):
                         fewshot_html = gr.HTML(label="Few-shot map")
                         fewshot_png = gr.Image(label="Few-shot map (static)", type="pil", format="png",
@@ -463,13 +469,13 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                             "geotransform), tiled alike; each tile's embedding distance.", elem_classes="vg-note")
                 with gr.Row():
                     with gr.Column():
-                        before_choice = gr.Dropdown([*rasters.BUNDLED, rasters.UPLOAD], value=NEON_SCENE,
-                                                    label="Before")
+                        before_choice = guard_choice(gr.Dropdown([*rasters.BUNDLED, rasters.UPLOAD], value=NEON_SCENE,
+                                                                 label="Before"), "Before", raster_choices)
                         before_file = gr.File(label="Before (GeoTIFF upload)", file_types=[".tif", ".tiff"],
                                               type="filepath")
                     with gr.Column():
-                        after_choice = gr.Dropdown([*rasters.BUNDLED, rasters.UPLOAD], value=rasters.UPLOAD,
-                                                   label="After")
+                        after_choice = guard_choice(gr.Dropdown([*rasters.BUNDLED, rasters.UPLOAD], value=rasters.UPLOAD,
+                                                                label="After"), "After", raster_choices)
                         after_file = gr.File(label="After (GeoTIFF upload)", file_types=[".tif", ".tiff"],
                                              type="filepath")
                     with gr.Column():

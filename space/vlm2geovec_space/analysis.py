@@ -162,20 +162,28 @@ def read_marks(data: dict, what: str = "Marked set") -> tuple[list[str], list[st
 
 
 def geoparquet_available() -> bool:
+    """Whether the package's GeoParquet exporter can run (the ``geoparquet`` extra: shapely, pyproj)."""
     try:
-        import geopandas  # noqa: F401
+        import pyarrow  # noqa: F401
+        import pyproj  # noqa: F401
         import shapely  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-def write_geoparquet(path: Path, collection: dict) -> Path:
-    """The GeoJSON collection as GeoParquet (EPSG:4326), through geopandas (the ``geoparquet`` extra)."""
-    import geopandas
+def write_geoparquet(path: Path, collection, properties: Sequence[dict]) -> Path:
+    """The collection's tiles, vectors and ``properties`` (one dict per tile) as GeoParquet 1.1 through the
+    package's exporter (`vlm2geovec.geoparquet.export_geoparquet`: footprints from the raster, EPSG:4326)."""
+    from vlm2geovec.geoparquet import export_geoparquet
+    from vlm2geovec.index import VectorIndex
 
-    frame = geopandas.GeoDataFrame.from_features(collection["features"], crs="EPSG:4326")
-    if "window" in frame.columns:
-        frame["window"] = frame["window"].map(lambda w: list(map(int, w)))
-    frame.to_parquet(path)
-    return Path(path)
+    metadata = []
+    for tile, props in zip(collection.tiles, properties, strict=True):
+        where = ({"source": str(collection.path), "window": list(tile.window)}
+                 if collection.path is not None and tile.window else {})
+        metadata.append({"id": tile.id, "lat": tile.lat, "lon": tile.lon, **where, **props})
+    index = VectorIndex.build(collection.vectors, metadata, kind="exact",
+                              build_info={"source": collection.info.get("raster", collection.name),
+                                          "instruction": "Represent the given remote-sensing image."})
+    return export_geoparquet(index, path)

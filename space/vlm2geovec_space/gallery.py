@@ -75,6 +75,7 @@ class Collection:
     source: str  # "computed" or "disk cache"
     seconds: float
     info: dict = field(default_factory=dict)  # how it was made (raster, tiling options)
+    path: Path | None = None  # the raster file (indexed rasters only; server-side, never shown)
     latlon: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -107,7 +108,7 @@ class Collection:
 
 def embed_collection(name: str, tiles: list[Tile], digest: str, encode: Callable, fingerprint: str | None,
                      cache_file: Path | None, info: dict | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> Collection:
+                     progress: Callable[[int, int], None] | None = None, path: Path | None = None) -> Collection:
     """The tiles' vectors from ``cache_file`` when it holds this model's vectors of these tiles, else embedded
     (``encode(items, instruction, names)``, in batches so ``progress(done, total)`` can move) and cached."""
     start = time.perf_counter()
@@ -120,7 +121,7 @@ def embed_collection(name: str, tiles: list[Tile], digest: str, encode: Callable
                 if progress:
                     progress(len(tiles), len(tiles))
                 return Collection(name, tiles, vectors, digest, cache_file, "disk cache",
-                                  time.perf_counter() - start, info or {})
+                                  time.perf_counter() - start, info or {}, path)
         except (OSError, ValueError, KeyError) as error:
             logger.warning("ignoring unreadable embedding cache %s: %s", cache_file, error)
     if fingerprint is None:
@@ -140,4 +141,5 @@ def embed_collection(name: str, tiles: list[Tile], digest: str, encode: Callable
                            "created": time.time(), **({"info": info} if info else {})})
         np.savez(tmp, ids=np.array([t.id for t in tiles]), vectors=vectors, meta=np.array(meta))
         os.replace(tmp, cache_file)
-    return Collection(name, tiles, vectors, digest, cache_file, "computed", time.perf_counter() - start, info or {})
+    return Collection(name, tiles, vectors, digest, cache_file, "computed", time.perf_counter() - start, info or {},
+                      path)

@@ -106,8 +106,10 @@ def raster_tiles(tiler, label: str) -> list[Tile]:
     xs, ys = [], []
     for t in kept:
         x0, y0, x1, y1 = t.window
-        xs += [x0, x1, x1, x0, x0]
-        ys += [y0, y0, y1, y1, y0]
+        # upper-left, lower-left, lower-right, upper-right: counter-clockwise on a north-up raster (RFC 7946),
+        # the corner order of vlm2geovec.geoparquet's footprints
+        xs += [x0, x0, x1, x1, x0]
+        ys += [y0, y1, y1, y0, y0]
     lons, lats = tiler.pixel_to_lonlat(xs, ys) if kept else ([], [])
     tiles = []
     for n, t in enumerate(kept):
@@ -134,3 +136,19 @@ def describe_raster(path: str | os.PathLike, tiler) -> dict:
         return {"width": tiler.width, "height": tiler.height, "crs": str(ds.crs), "bands": list(tiler.bands),
                 "band_count": ds.count, "grid": [tiler.columns, tiler.rows],
                 "transform": [round(v, 9) for v in list(ds.transform)[:6]]}
+
+
+def grid_of(path: str | os.PathLike) -> dict | None:
+    """Size, CRS and geotransform from the raster's header (None when it does not open: the tiler says why)."""
+    import warnings
+
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                return {"width": ds.width, "height": ds.height, "crs": str(ds.crs),
+                        "transform": [round(v, 9) for v in list(ds.transform)[:6]]}
+    except (rasterio.errors.RasterioIOError, OSError):
+        return None

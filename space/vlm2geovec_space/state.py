@@ -368,7 +368,7 @@ class SpaceState:
             raise InputError(f"Raster {label}: every tile is more than half nodata; nothing to index.")
         fingerprint = self.loaded.fingerprint
         cache_file = self.cache_dir / "rasters" / f"{fingerprint[:20]}-{key[:20]}.npz" if fingerprint else None
-        collection = embed_collection(name, tiles, key, self.encode, fingerprint, cache_file, info, progress)
+        collection = embed_collection(name, tiles, key, self.encode, fingerprint, cache_file, info, progress, path)
         with self._lock:
             self.collections[name] = collection
             rasters_held = [n for n in self.collections if n != GALLERY]
@@ -477,6 +477,14 @@ class SpaceState:
                top: Any = 8, progress: Callable[[int, int], None] | None = None) -> dict:
         """Per-tile embedding distance between two co-registered rasters (``(choice, upload)`` each)."""
         top = self._k(top)
+        # co-registration first (from the headers): a mismatch is refused before anything is embedded
+        grids = [rasters.grid_of(self._raster_source(*side, what)[0]) for side, what in ((before, "Before"),
+                                                                                           (after, "After"))]
+        if None not in grids and grids[0] != grids[1]:
+            names = [self._raster_source(*side, what)[1] for side, what in ((before, "Before"), (after, "After"))]
+            detail = "; ".join(f"{k}: {grids[0][k]} vs {grids[1][k]}" for k in grids[0] if grids[0][k] != grids[1][k])
+            raise InputError(f"Change: the rasters {names[0]!r} and {names[1]!r} are not co-registered (same grid, CRS "
+                             f"and geotransform needed): {detail}.")
         first = self.index_raster(*before, size=size, stride=stride, bands=bands, progress=progress, what="Before")
         second = self.index_raster(*after, size=size, stride=stride, bands=bands, progress=progress, what="After")
         keys = ("width", "height", "crs", "transform", "band_count")
