@@ -160,6 +160,25 @@ def test_cli_export_then_build_round_trips(landsat_index, nano_dir, tmp_path, ca
     np.testing.assert_array_equal(quantized.search(queries, 1)[1], original.search(queries, 1)[1])
 
 
+def test_quantized_recall_bench_measures_the_export_forms(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    out = tmp_path / "q.json"
+    subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "quantized_recall.py"), "--quick", "--n", "2000",
+                    "--queries", "50", "--dim", "64", "--json", str(out)], check=True, capture_output=True, timeout=300)
+    runs = {(r["data"], r["quantization"]): r for r in json.loads(out.read_text())["runs"]}
+    for data in ("random", "clustered"):
+        assert runs[(data, "float32")]["recall_at_10"] == 1.0 and runs[(data, "int8")]["bytes_per_vector"] == 64
+        assert runs[(data, "binary")]["bytes_per_vector"] == 8
+        # int8 keeps more neighbours than sign bits; rescoring Hamming candidates with floats wins some back
+        assert runs[(data, "int8")]["recall_at_10"] > runs[(data, "binary")]["recall_at_10"]
+        assert runs[(data, "binary+rescore100")]["recall_at_10"] >= runs[(data, "binary")]["recall_at_10"]
+    assert runs[("clustered", "int8")]["recall_at_10"] > 0.9
+
+
 # ------------------------------------------------------------------------------------------------ battery
 
 def _rewrite(path, out, record=None, table_edit=None):

@@ -589,9 +589,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from vlm2geovec_train.quickstart import quickstart, quickstart_seeds
 
     if args.seeds:
-        quickstart_seeds(args.out, args.seeds, max_steps=args.max_steps, tasks=args.tasks or None, family=args.family)
+        quickstart_seeds(args.out, args.seeds, max_steps=args.max_steps, tasks=args.tasks or None, family=args.family,
+                         data_dir=args.data)
     else:
-        quickstart(args.out, max_steps=args.max_steps, tasks=args.tasks or None, seed=args.seed, family=args.family)
+        quickstart(args.out, max_steps=args.max_steps, tasks=args.tasks or None, seed=args.seed, family=args.family,
+                   data_dir=args.data)
     return 0
 
 
@@ -673,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--tasks", nargs="*", default=None, help="RSMEB-lite tasks (default: all)")
     quick.add_argument("--seed", type=int, default=0)
     quick.add_argument("--family", choices=families, default="qwen2_vl", help="backbone family of the nano model")
+    quick.add_argument("--data", default=None, help="an RSMEB-lite folder to use (default: OUT/rsmeb-lite, built once)")
     quick.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                        help="one run per seed (OUT/seed-<s>), with OUT/summary.json and a mean/range report")
     quick.set_defaults(func=_cmd_quickstart)
@@ -712,7 +715,7 @@ def _add_index_parsers(sub) -> None:
     build.add_argument("--model", required=True, help="VLM2GeoVec folder or Hub id")
     build.add_argument("--input", required=True,
                        help="items.jsonl, a raster (.tif/.tiff/.vrt/.img/.jp2), a save_to_disk folder, a local "
-                            "dataset folder or a Hub dataset id")
+                            "dataset folder, a Hub dataset id, or a GeoParquet file of `index export` (indexed again)")
     build.add_argument("--out", required=True, help="index folder (also holds parts/ for resuming and shards)")
     _add_index_kind_args(build)
     build.add_argument("--shard", default=None,
