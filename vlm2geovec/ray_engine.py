@@ -156,7 +156,7 @@ class ItemEmbedder:
         elif "item" in batch:
             items = [json.loads(text) for text in batch["item"]]
         else:
-            from rsmeb_eval.schema import row_to_item
+            from vlm2geovec.data.items import row_to_item
 
             items = [row_to_item({key: _plain(batch[key][i]) for key in batch}) for i in range(count)]
         present = [i for i, item in enumerate(items) if item is not None]
