@@ -30,7 +30,11 @@ GROUNDING = ["Sample image", "Referring expression", "Window scales (fraction of
 GEO = ["Geo-retrieval", "Top-k tiles", "By text", "Describe the scene", "Search by text", "By image",
        "Optional modification text", "Search by image", "By coordinates", "Latitude (°N)", "Longitude (°E)",
        "Search by coordinates", "By place name", "Place name (GeoNames)", "Search by place",
-       "Static map (PNG, works offline)", "Results"]
+       "Static map (PNG, works offline)", "Results", "Search over (the gallery or an indexed raster)",
+       "Mark hits and refine (relevance feedback)"]
+WORKBENCH = ["Raster (a bundled scene, or 'upload')", "GeoTIFF upload", "Tile size (px)", "Stride (px)",
+             "Index the raster", "Tiles to label", "Labelled tiles", "Map every tile", "Before", "After",
+             "Compare the dates", "Most changed tiles"]
 
 
 def ensure_chromium() -> str:
@@ -102,10 +106,20 @@ def test_deep_link_opens_the_geo_tab(page):
     assert "leaflet.js" in doc and "data:image/png;base64," in doc and "showStatic" in doc
 
 
+def test_deep_link_opens_the_workbench(page):
+    binary, url = page
+    dom = chromium(binary, url.rstrip("/") + "/?tab=workbench", "--dump-dom").stdout
+    assert re.search(r'aria-selected="true"[^>]*data-tab-id="workbench"', dom)
+    text = _text(dom)
+    missing = [label for label in WORKBENCH if label not in text]
+    assert not missing, f"not rendered: {missing}"
+
+
 def test_screenshots_are_kept(page, tmp_path):
     binary, url = page
     ARTIFACTS.mkdir(exist_ok=True)
-    for name, target in (("space_screenshot.png", url), ("space_screenshot_geo.png", url.rstrip("/") + "/?tab=geo")):
+    for name, target in (("space_screenshot.png", url), ("space_screenshot_geo.png", url.rstrip("/") + "/?tab=geo"),
+                         ("space_screenshot_workbench.png", url.rstrip("/") + "/?tab=workbench")):
         shot = tmp_path / name
         chromium(binary, target, f"--screenshot={shot}")
         with Image.open(shot) as image:

@@ -402,3 +402,13 @@ def test_battery_bad_rasters_and_marks(workbench, client, app, rasters):
     summary, *_ = index(client, _neon_choice(app))
     assert summary["tiles"] == 16
     record_correct()
+
+
+def test_indexing_reports_progress_per_batch(workbench, app):
+    """The progress bar's feed: (done, total) after every batch of tiles, ending at the tile count."""
+    state = workbench[0].space
+    calls = []
+    collection = state.index_raster(_neon_choice(app), None, 50, 50, "", progress=lambda done, total: calls.append(
+        (done, total)))
+    assert len(collection) == 64 and calls == [(16, 64), (32, 64), (48, 64), (64, 64)]
+    record_correct()
