@@ -11,6 +11,7 @@ backbone family.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -379,6 +380,7 @@ class VLM2GeoVecEmbeddingMixin:
         mm_token_type_ids: torch.IntTensor | None = None,
         embedding_dim: int | None = None,
         output_hidden_states: bool = False,
+        packed: bool = False,
         **kwargs,
     ) -> VLM2GeoVecOutput:
         r"""
@@ -389,6 +391,9 @@ class VLM2GeoVecEmbeddingMixin:
                 Matryoshka truncation for this call; overrides ``config.embedding_dim``.
             output_hidden_states (`bool`, *optional*, defaults to `False`):
                 Also return the backbone's last hidden state.
+            packed (`bool`, *optional*, defaults to `False`):
+                Run the language model on one packed sequence of the batch's real tokens (no padding computed;
+                see `pack_language_model`). Same vectors as the padded forward, up to float rounding.
         """
         if attention_mask is None:
             if input_ids is None:
@@ -399,20 +404,87 @@ class VLM2GeoVecEmbeddingMixin:
             mm_token_type_ids = (input_ids == self.config.image_token_id).to(torch.int32)
         # Each batch is a fresh set of sequences: never reuse rope deltas cached by an earlier call.
         self.rope_deltas = None
-        outputs = super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
-            mm_token_type_ids=mm_token_type_ids,
-            use_cache=False,
-            return_dict=True,
-            **kwargs,
-        )
+        with pack_language_model(self, attention_mask) if packed else contextlib.nullcontext():
+            outputs = super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                pixel_values=pixel_values,
+                image_grid_thw=image_grid_thw,
+                mm_token_type_ids=mm_token_type_ids,
+                use_cache=False,
+                return_dict=True,
+                **kwargs,
+            )
         hidden = outputs.last_hidden_state
         dim = embedding_dim if embedding_dim is not None else self.config.embedding_dim
         embeddings = pool_embeddings(hidden, attention_mask, self.config.pooling, self.config.normalize, dim)
         return VLM2GeoVecOutput(embeddings=embeddings, last_hidden_state=hidden if output_hidden_states else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packed language model (opt-in, ``model(..., packed=True)``): no padding token is computed. The backbone's own
+# forward still runs unchanged (vision tower, placeholder scatter, M-RoPE index, Qwen3-VL deepstack); two hooks on its
+# language model turn the padded (batch, seq) inputs into one packed (1, real tokens) sequence and back. Attention
+# stays inside each item through transformers' packed-sequence support: text positions that restart at 0 per item
+# (the first of four position rows) give a block-diagonal causal mask (SDPA, eager, FlexAttention) or varlen
+# flash-attention; the M-RoPE rows are each item's own rope index, as the padded forward computes it.
+
+
+def pack_language_model_inputs(kwargs: dict, attention_mask: torch.Tensor) -> dict:
+    """The language model's padded keyword inputs as one packed sequence of the attended tokens."""
+    keep = attention_mask.bool()
+    embeds = kwargs["inputs_embeds"]
+    if tuple(keep.shape) != tuple(embeds.shape[:2]):
+        raise ValueError(f"packed forward: attention_mask has shape {tuple(keep.shape)}, the inputs "
+                         f"{tuple(embeds.shape[:2])}")
+    keep = keep.to(embeds.device)
+    text_positions = keep.long().cumsum(-1) - 1  # restart at 0 in every item: marks where items begin
+    rope_positions = kwargs.get("position_ids")
+    if rope_positions is None:  # text-only batch: the model would use 0..seq-1 on all three M-RoPE axes
+        rope_positions = text_positions.unsqueeze(0).expand(3, -1, -1)
+    elif rope_positions.ndim == 2:
+        rope_positions = rope_positions.unsqueeze(0).expand(3, -1, -1)
+    elif rope_positions.shape[0] == 4:
+        text_positions, rope_positions = rope_positions[0], rope_positions[1:]
+    packed = dict(kwargs)
+    packed["inputs_embeds"] = embeds[keep].unsqueeze(0)
+    packed["position_ids"] = torch.cat([text_positions[keep].unsqueeze(0), rope_positions[:, keep]]).unsqueeze(1)
+    packed["attention_mask"] = None  # with packed positions, transformers builds the per-item causal mask
+    if kwargs.get("visual_pos_masks") is not None:  # Qwen3-VL deepstack: same tokens, same order
+        packed["visual_pos_masks"] = kwargs["visual_pos_masks"].to(keep.device)[keep].unsqueeze(0)
+    return packed
+
+
+class pack_language_model:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Within this context, ``model``'s language model runs the attended tokens of ``attention_mask`` (batch, seq)
+    as one packed sequence and hands back padded (batch, seq, hidden) states (zeros at padding)."""
+
+    def __init__(self, model, attention_mask: torch.Tensor):
+        self.language_model, self.attention_mask, self.handles = model.language_model, attention_mask, []
+
+    def _pack(self, module, args, kwargs):
+        if args:
+            raise TypeError("packed forward: the language model must be called with keyword arguments")
+        return args, pack_language_model_inputs(kwargs, self.attention_mask)
+
+    def _unpack(self, module, args, kwargs, output):
+        packed = output.last_hidden_state
+        keep = self.attention_mask.bool().to(packed.device)
+        padded = packed.new_zeros(*keep.shape, packed.shape[-1])
+        padded[keep] = packed[0]
+        output.last_hidden_state = padded
+        return output
+
+    def __enter__(self):
+        self.handles = [self.language_model.register_forward_pre_hook(self._pack, with_kwargs=True),
+                        self.language_model.register_forward_hook(self._unpack, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        return False
 
 
 class _StrictLoadingMixin:
@@ -586,6 +658,8 @@ __all__ = [
     "fix_weight_file_modes",
     "last_token_indices",
     "looks_like_local_path",
+    "pack_language_model",
+    "pack_language_model_inputs",
     "pool_embeddings",
     "read_json_file",
 ]
