@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import PretrainedConfig
+from transformers import AttentionInterface, PretrainedConfig
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig
@@ -427,7 +428,31 @@ class VLM2GeoVecEmbeddingMixin:
 # language model turn the padded (batch, seq) inputs into one packed (1, real tokens) sequence and back. Attention
 # stays inside each item through transformers' packed-sequence support: text positions that restart at 0 per item
 # (the first of four position rows) give a block-diagonal causal mask (SDPA, eager, FlexAttention) or varlen
-# flash-attention; the M-RoPE rows are each item's own rope index, as the padded forward computes it.
+# flash-attention; the M-RoPE rows are each item's own rope index, as the padded forward computes it. Where the
+# language model runs SDPA, the packed call runs it item by item instead (`varlen_sdpa_attention`): one dense
+# block-diagonal mask over the whole pack would cost (sum of lengths)^2 per layer, more than the padding saved.
+
+VARLEN_SDPA = "vlm2geovec_varlen_sdpa"
+
+
+def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' SDPA attention on each item of a packed (1, heads, tokens, head_dim) sequence, causal inside
+    the item and nothing across items; the item bounds are ``cu_seq_lens_q`` (as flash-attention's varlen takes
+    them). Without them (an unpacked call) it is plain SDPA."""
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    pieces = []
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        piece, _ = sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
+                                          value[:, :, start:end], None, dropout=dropout, scaling=scaling,
+                                          is_causal=True)
+        pieces.append(piece)
+    return torch.cat(pieces, dim=1), None  # (1, tokens, heads, head_dim), as SDPA returns it
+
+
+AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
 
 
 def pack_language_model_inputs(kwargs: dict, attention_mask: torch.Tensor) -> dict:
@@ -450,6 +475,9 @@ def pack_language_model_inputs(kwargs: dict, attention_mask: torch.Tensor) -> di
     packed["inputs_embeds"] = embeds[keep].unsqueeze(0)
     packed["position_ids"] = torch.cat([text_positions[keep].unsqueeze(0), rope_positions[:, keep]]).unsqueeze(1)
     packed["attention_mask"] = None  # with packed positions, transformers builds the per-item causal mask
+    bounds = F.pad(keep.sum(1).cumsum(0), (1, 0)).to(torch.int32)  # item bounds in the pack, for varlen kernels
+    packed["cu_seq_lens_q"] = packed["cu_seq_lens_k"] = bounds
+    packed["max_length_q"] = packed["max_length_k"] = int(keep.sum(1).max())
     if kwargs.get("visual_pos_masks") is not None:  # Qwen3-VL deepstack: same tokens, same order
         packed["visual_pos_masks"] = kwargs["visual_pos_masks"].to(keep.device)[keep].unsqueeze(0)
     return packed
@@ -457,10 +485,12 @@ def pack_language_model_inputs(kwargs: dict, attention_mask: torch.Tensor) -> di
 
 class pack_language_model:  # noqa: N801 - used as a context manager, like torch.no_grad
     """Within this context, ``model``'s language model runs the attended tokens of ``attention_mask`` (batch, seq)
-    as one packed sequence and hands back padded (batch, seq, hidden) states (zeros at padding)."""
+    as one packed sequence and hands back padded (batch, seq, hidden) states (zeros at padding). A language model
+    on SDPA runs `varlen_sdpa_attention` meanwhile; flash-attention takes the pack as varlen, eager a dense mask."""
 
     def __init__(self, model, attention_mask: torch.Tensor):
         self.language_model, self.attention_mask, self.handles = model.language_model, attention_mask, []
+        self.text_config, self.attention = self.language_model.config, None
 
     def _pack(self, module, args, kwargs):
         if args:
@@ -478,9 +508,14 @@ class pack_language_model:  # noqa: N801 - used as a context manager, like torch
     def __enter__(self):
         self.handles = [self.language_model.register_forward_pre_hook(self._pack, with_kwargs=True),
                         self.language_model.register_forward_hook(self._unpack, with_kwargs=True)]
+        if self.text_config._attn_implementation == "sdpa":
+            self.attention = "sdpa"
+            self.text_config._attn_implementation = VARLEN_SDPA
         return self
 
     def __exit__(self, *exc):
+        if self.attention is not None:
+            self.text_config._attn_implementation, self.attention = self.attention, None
         for handle in self.handles:
             handle.remove()
         self.handles = []
@@ -661,5 +696,6 @@ __all__ = [
     "pack_language_model",
     "pack_language_model_inputs",
     "pool_embeddings",
+    "varlen_sdpa_attention",
     "read_json_file",
 ]

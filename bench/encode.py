@@ -12,6 +12,10 @@ Reported, per batching order (length-sorted as our encode does, and arrival orde
 - model time of the floor (`Qwen2VLModel.forward`) and of ours (`VLM2GeoVecModel.forward`: + pooling),
   items/s and real (unpadded) tokens/s, `ratio` = ours / floor throughput;
 - padding fraction, peak device memory;
+- model FLOPs (`bench/flops.py`: analytic, from the real token counts, padding never counted), achieved TFLOP/s and
+  MFU against the device's dense bf16 peak (`flops.PEAK_BF16_TFLOPS` by device name; null on a CPU);
+- the packed forward (`model(..., packed=True)`: the batch's real tokens as one sequence, no padding computed) on the
+  same batches: its model time, speed-up over the padded forward, and its largest vector difference from it;
 - end to end: `SentenceTransformer.encode` wall time, and its ratio to the floor's model time;
 - pixel values alone: transformers' Qwen2-VL image processor vs our processor's (bit-identical) path.
 `--preprocess-only` skips the model: preprocessing at a model's pixel budget on any machine, e.g.
@@ -36,6 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import write_outputs  # noqa: E402
+from flops import batch_flops, device_peak_tflops  # noqa: E402
 
 QWEN2VL_2B_TEXT = dict(
     vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -97,12 +102,12 @@ def load_processor(model_name: str):
     return AutoProcessor.from_pretrained(model_name, trust_remote_code=True)
 
 
-def load(model_name: str, device: str, dtype: torch.dtype):
+def load(model_name: str, device: str, dtype: torch.dtype, family: str = "qwen2_vl"):
     from modeling_vlm2geovec import VLM2GeoVecConfig, VLM2GeoVecModel
     from vlm2geovec.checkpoint import build_nano
 
     if model_name == "nano":
-        model, processor = build_nano(seed=0)
+        model, processor = build_nano(seed=0, family=family)
     elif model_name == "qwen2vl-2b-random":
         config = VLM2GeoVecConfig(text_config=dict(QWEN2VL_2B_TEXT), vision_config=dict(QWEN2VL_2B_VISION))
         torch.manual_seed(0)
@@ -146,7 +151,52 @@ def run_forward(forward, batches, device, dtype):
     return time.perf_counter() - start
 
 
-def measure(model, processor, items, batch_size, device, dtype, repeats):
+class LanguageModelTimer:
+    """Seconds spent inside the language model (hooks around it): packing acts there, the vision tower is packed
+    either way."""
+
+    def __init__(self, model, device: str):
+        self.module, self.device, self.seconds, self.handles = model.language_model, device, 0.0, []
+
+    def _start(self, module, args, kwargs):
+        sync(self.device)
+        self.started = time.perf_counter()
+
+    def _stop(self, module, args, kwargs, output):
+        sync(self.device)
+        self.seconds += time.perf_counter() - self.started
+
+    def __enter__(self):
+        self.handles = [self.module.register_forward_pre_hook(self._start, with_kwargs=True),
+                        self.module.register_forward_hook(self._stop, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def throughput(flops: float, seconds: float, peak_tflops: float | None) -> dict:
+    """Achieved TFLOP/s and model FLOPs utilisation (null without a known peak: never guessed)."""
+    achieved = flops / seconds / 1e12
+    return {"tflops_per_s": round(achieved, 4), "mfu": round(achieved / peak_tflops, 4) if peak_tflops else None}
+
+
+def packed_difference(model, batches, device, dtype) -> float:
+    """Largest absolute difference between the packed and padded vectors over the batches."""
+    worst = 0.0
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            padded = model(**inputs).embeddings.float()
+            packed = model(**inputs, packed=True).embeddings.float()
+            worst = max(worst, (padded - packed).abs().max().item())
+    return worst
+
+
+def measure(model, processor, items, batch_size, device, dtype, repeats, peak_tflops=None):
     from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
     def floor(inputs):  # the plain transformers forward on the same weights
@@ -155,6 +205,9 @@ def measure(model, processor, items, batch_size, device, dtype, repeats):
 
     def ours(inputs):
         return model(**inputs).embeddings
+
+    def packed(inputs):
+        return model(**inputs, packed=True).embeddings
 
     results = {}
     for order in ("length", "arrival"):
@@ -166,6 +219,15 @@ def measure(model, processor, items, batch_size, device, dtype, repeats):
             torch.cuda.reset_peak_memory_stats()
         floor_s = min(run_forward(floor, batches, device, dtype) for _ in range(repeats))
         ours_s = min(run_forward(ours, batches, device, dtype) for _ in range(repeats))
+        run_forward(packed, batches[:2], device, dtype)  # warm-up: other shapes
+        packed_s = min(run_forward(packed, batches, device, dtype) for _ in range(repeats))
+        flops = sum(batch_flops(model.config, b)["total"] for b in batches)
+        language_s = {}
+        for name, forward in (("ours", ours), ("packed", packed)):  # one more pass each, timing the language model
+            with LanguageModelTimer(model, device) as timer:
+                run_forward(forward, batches, device, dtype)
+            language_s[name] = round(timer.seconds, 4)
+        ours_rate, packed_rate = throughput(flops, ours_s, peak_tflops), throughput(flops, packed_s, peak_tflops)
         results[order] = {
             "batches": len(batches),
             "preprocess_s": round(preprocess_s, 4),
@@ -176,6 +238,18 @@ def measure(model, processor, items, batch_size, device, dtype, repeats):
             "ours_tokens_per_s": round(real_tokens / ours_s, 1),
             "padding_fraction": round(1 - real_tokens / padded_tokens, 4),
             "real_tokens": real_tokens,
+            "model_tflop": round(flops / 1e12, 6),
+            "ours_tflops_per_s": ours_rate["tflops_per_s"],
+            "ours_mfu": ours_rate["mfu"],
+            "packed_model_s": round(packed_s, 4),
+            "ours_language_model_s": language_s["ours"],
+            "packed_language_model_s": language_s["packed"],
+            "packed_speedup": round(ours_s / packed_s, 4),
+            "packed_items_per_s": round(len(items) / packed_s, 2),
+            "packed_tokens_per_s": round(real_tokens / packed_s, 1),
+            "packed_tflops_per_s": packed_rate["tflops_per_s"],
+            "packed_mfu": packed_rate["mfu"],
+            "packed_max_abs_diff": packed_difference(model, batches, device, dtype),
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
         }
     return results
@@ -268,6 +342,8 @@ def environment(device: str) -> dict:
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
+    info["device_name"] = info.get("gpu", "cpu")
+    info["peak_bf16_tflops"] = device_peak_tflops(info.get("gpu"))  # none for a CPU: MFU stays null
     return info
 
 
@@ -290,8 +366,8 @@ def results_md_lines(record: dict) -> list[str]:
         ]
     lines = [
         f"\n### encode — {record['model']} on {where}, {env['date']}\n",
-        f"{record['n_items']} items (mixed), batch {record['batch_size']}, dtype {record['dtype']}; "
-        f"torch {env['torch']}, transformers {env['transformers']}.\n\n",
+        f"{record['n_items']} items (mixed), batch {record['batch_size']}, dtype {record['dtype']}, attention "
+        f"{record.get('attn_implementation', 'sdpa')}; torch {env['torch']}, transformers {env['transformers']}.\n\n",
         "| order | preprocess s | floor model s | ours model s | ratio | items/s | tokens/s | padding | peak GiB |\n",
         "|---|---|---|---|---|---|---|---|---|\n",
     ]
@@ -300,12 +376,27 @@ def results_md_lines(record: dict) -> list[str]:
             f"| {order} | {r['preprocess_s']} | {r['floor_model_s']} | {r['ours_model_s']} | {r['ratio']} | "
             f"{r['ours_items_per_s']} | {r['ours_tokens_per_s']} | {r['padding_fraction']:.1%} | {r['peak_mem_gib']} |\n"
         )
+    peak = env.get("peak_bf16_tflops")
+    lines += [
+        f"\nModel FLOPs (analytic, `bench/flops.py`) and the packed forward; MFU against "
+        f"{f'{peak} TFLOP/s dense bf16' if peak else 'no known peak (null)'}:\n\n",
+        "| order | TFLOP | padded s | padded TFLOP/s | padded MFU | packed s | packed TFLOP/s | packed MFU | "
+        "packed speed-up | language model s, padded / packed | packed max diff |\n",
+        "|---|---|---|---|---|---|---|---|---|---|---|\n",
+    ]
+    for order, r in record["orders"].items():
+        lines.append(
+            f"| {order} | {r['model_tflop']} | {r['ours_model_s']} | {r['ours_tflops_per_s']} | {r['ours_mfu']} | "
+            f"{r['packed_model_s']} | {r['packed_tflops_per_s']} | {r['packed_mfu']} | x{r['packed_speedup']} | "
+            f"{r['ours_language_model_s']} / {r['packed_language_model_s']} | {r['packed_max_abs_diff']:.1e} |\n"
+        )
     e2e = record["end_to_end"]
     lines.append(
         f"\nEnd to end (`SentenceTransformer.encode`, preprocessing included): serial {e2e['serial_wall_s']} s; "
         f"with {e2e['preprocess_workers']} look-ahead preprocessing threads {e2e['wall_s']} s = "
         f"{e2e['items_per_s']} items/s; floor model time / wall = {e2e['ratio_to_floor']}; "
-        f"serial preprocessing / wall ≈ {e2e['preprocess_share']:.0%}.\n"
+        f"serial preprocessing / wall ≈ {e2e['preprocess_share']:.0%}; {e2e['tflops_per_s']} TFLOP/s end to end, "
+        f"MFU {e2e['mfu']}.\n"
     )
     pixels = record.get("pixel_path")
     if pixels:
@@ -325,6 +416,9 @@ def results_md_lines(record: dict) -> list[str]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="nano", help="nano | qwen2vl-2b-random | checkpoint folder")
+    parser.add_argument("--family", default="qwen2_vl", help="backbone family of --model nano")
+    parser.add_argument("--attn-implementation", default=None,
+                        help="the model's attention (sdpa, flash_attention_2, eager); default: as loaded (sdpa)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="bfloat16 on GPU, float32 on CPU by default")
     parser.add_argument("--n", type=int, default=None, help="number of items")
@@ -356,8 +450,11 @@ def main(argv=None) -> dict:
                   "batch_size": args.batch_size, "quick": args.quick, "environment": environment("cpu"),
                   "preprocess_s": preprocess, "pixel_path": pixel_path(processor, items, args.batch_size, repeats)}
         return write_outputs(record, args.json, args.results_md, args.quick, results_md_lines)
-    model, processor = load(args.model, args.device, dtype)
-    orders = measure(model, processor, items, args.batch_size, args.device, dtype, repeats)
+    model, processor = load(args.model, args.device, dtype, args.family)
+    if args.attn_implementation:
+        model.set_attn_implementation(args.attn_implementation)
+    env = environment(args.device)
+    orders = measure(model, processor, items, args.batch_size, args.device, dtype, repeats, env["peak_bf16_tflops"])
     serial_wall, _ = end_to_end(model, processor, items, args.batch_size, args.device, workers=0)
     wall, workers = end_to_end(model, processor, items, args.batch_size, args.device, workers=args.workers)
     length = orders["length"]
@@ -376,7 +473,9 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "dtype": str(dtype).replace("torch.", ""),
         "quick": args.quick,
-        "environment": environment(args.device),
+        "family": model.config.backbone_family,
+        "attn_implementation": model.config.text_config._attn_implementation,
+        "environment": env,
         "orders": orders,
         "end_to_end": {
             "serial_wall_s": round(serial_wall, 4),
@@ -385,6 +484,7 @@ def main(argv=None) -> dict:
             "items_per_s": round(n / wall, 2),
             "ratio_to_floor": round(length["floor_model_s"] / wall, 4),
             "preprocess_share": round(min(1.0, length["preprocess_s"] / wall), 4),
+            **throughput(length["model_tflop"] * 1e12, wall, env["peak_bf16_tflops"]),
         },
         **extra,
     }

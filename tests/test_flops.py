@@ -87,3 +87,26 @@ def test_unknown_vision_family_is_named():
 ])
 def test_device_peak_table(name, peak):
     assert device_peak_tflops(name) == peak
+
+
+def test_encode_benchmark_reports_flops_mfu_and_the_packed_forward():
+    """bench/encode.py's measurement on a tiny mixed workload: FLOPs from the items (the same in either batching
+    order), MFU null on a CPU (no peak to divide by), and the packed forward timed on the same batches with the
+    padded forward's vectors."""
+    import encode
+
+    from vlm2geovec.checkpoint import build_nano
+
+    model, processor = build_nano(seed=0)
+    items = encode.build_workload(6)
+    env = encode.environment("cpu")
+    assert env["device_name"] == "cpu" and env["peak_bf16_tflops"] is None
+    orders = encode.measure(model, processor, items, 3, "cpu", torch.float32, 1, env["peak_bf16_tflops"])
+    length, arrival = orders["length"], orders["arrival"]
+    expected = sum(batch_flops(model.config, processor(items=[item]))["total"] for item in items) / 1e12
+    assert length["model_tflop"] == arrival["model_tflop"] == round(expected, 6) > 0
+    for order in (length, arrival):
+        assert order["ours_mfu"] is None and order["packed_mfu"] is None and order["ours_tflops_per_s"] > 0
+        assert order["packed_model_s"] > 0 and order["packed_max_abs_diff"] <= 1e-5
+        assert 0 < order["packed_language_model_s"] and 0 < order["ours_language_model_s"]
+    assert encode.throughput(2e12, 4.0, 989.0) == {"tflops_per_s": 0.5, "mfu": round(0.5 / 989.0, 4)}

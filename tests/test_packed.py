@@ -105,3 +105,32 @@ def test_packing_hooks_are_removed_even_after_an_error(family_model):
     assert (dict(language_model._forward_pre_hooks), dict(language_model._forward_hooks)) == before
     embed(model, processor, ["a tree"], packed=True)
     assert (dict(language_model._forward_pre_hooks), dict(language_model._forward_hooks)) == before
+
+
+def test_sdpa_runs_item_by_item_and_eager_takes_the_block_mask(family_model):
+    """On SDPA the packed call runs `varlen_sdpa_attention` (one SDPA per item, no (tokens x tokens) mask) and puts
+    SDPA back afterwards; on eager attention transformers' own block-diagonal causal mask does the same job."""
+    from modeling_vlm2geovec import VARLEN_SDPA
+
+    family, model, processor = family_model
+    items = mixed_batch()
+    reference = embed(model, processor, items).embeddings
+    text_config = model.language_model.config
+    seen = []
+    attention = model.language_model.layers[0].self_attn
+    handle = attention.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((text_config._attn_implementation, kwargs.get("attention_mask"))),
+        with_kwargs=True)
+    try:
+        packed = embed(model, processor, items, packed=True).embeddings
+    finally:
+        handle.remove()
+    assert seen == [(VARLEN_SDPA, None)] and text_config._attn_implementation == "sdpa"
+    assert (packed - reference).abs().max().item() <= TOLERANCE
+    model.set_attn_implementation("eager")
+    try:
+        eager_packed = embed(model, processor, items, packed=True).embeddings
+        assert text_config._attn_implementation == "eager"
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert (eager_packed - reference).abs().max().item() <= TOLERANCE
