@@ -422,7 +422,8 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                     with gr.Column(scale=2):
                         raster_choice = guard_choice(gr.Dropdown(
                             [*rasters.BUNDLED, rasters.UPLOAD], value=NEON_SCENE,
-                            label="Raster (a bundled scene, or 'upload')"), "Raster", raster_choices)
+                            label="Raster (a bundled scene; an uploaded file takes precedence)"),
+                            "Raster", raster_choices)
                         raster_file = gr.File(label="GeoTIFF upload", file_types=[".tif", ".tiff"], type="filepath")
                         with gr.Row():
                             tile_size = guard_slider(gr.Slider(*settings.TILE_SIZES, value=100, step=1,

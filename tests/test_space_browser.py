@@ -32,7 +32,8 @@ GEO = ["Geo-retrieval", "Top-k tiles", "By text", "Describe the scene", "Search 
        "Search by coordinates", "By place name", "Place name (GeoNames)", "Search by place",
        "Static map (PNG, works offline)", "Results", "Search over (the gallery or an indexed raster)",
        "Mark hits and refine (relevance feedback)"]
-WORKBENCH = ["Raster (a bundled scene, or 'upload')", "GeoTIFF upload", "Tile size (px)", "Stride (px)",
+WORKBENCH = ["Raster (a bundled scene; an uploaded file takes precedence)", "GeoTIFF upload", "Tile size (px)",
+             "Stride (px)",
              "Index the raster", "Tiles to label", "Labelled tiles", "Map every tile", "Before", "After",
              "Compare the dates", "Most changed tiles"]
 

@@ -255,7 +255,7 @@ class SpaceState:
             found = self.collections.get(target) if isinstance(target, str) else None
             known = list(self.collections)
         if found is None:
-            raise InputError(f"Search over: unknown target {target!r}; index a raster first or choose from {known}.")
+            raise InputError(f"Search over: expected one of {known}, got {target!r} (index a raster to add it).")
         return found
 
     def _remember_query(self, vector: np.ndarray) -> str:
@@ -334,12 +334,12 @@ class SpaceState:
 
     # -- the workbench: the analyst's own raster ----------------------------------------------------------
     def _raster_source(self, choice: Any, upload: Any, what: str) -> tuple[Path, str, bool]:
-        """(path, name shown to the user, uploaded?) of a bundled scene or an uploaded file."""
-        if choice == rasters.UPLOAD or (choice in (None, "") and upload):
-            if not upload:
-                raise InputError(f"{what}: upload a GeoTIFF first (or pick a bundled scene).")
+        """(path, name shown to the user, uploaded?) of an uploaded file (it takes precedence) or a bundled scene."""
+        if upload:
             path = Path(upload)
             return path, path.name, True
+        if choice == rasters.UPLOAD:
+            raise InputError(f"{what}: upload a GeoTIFF first (or pick a bundled scene).")
         if choice in (None, ""):
             raise InputError(f"{what}: pick a bundled scene or upload a GeoTIFF.")
         return rasters.bundled_path(choice), str(choice), False
