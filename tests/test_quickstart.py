@@ -58,7 +58,7 @@ def test_readme_table_is_rendered_from_the_committed_artifact():
     assert seeds and seeds == sorted(set(seeds))
     from tests.test_rsmeb_lite import TEST_QUERIES
 
-    assert len(seeds) >= 2  # 2 seeds recorded: the third did not finish before the deadline (docs/quickstart)
+    assert len(seeds) == 3
     for record in summary["seeds"]:  # a full nano recipe run on all nine RSMEB-lite tasks, really timed
         assert record["max_steps"] == 500 and record["timing_s"]["train"] > 0  # the "quick" preset
         # the artifact comes from the RSMEB-lite the builder makes now: same tasks, same test sizes
