@@ -59,8 +59,8 @@ NOT_RUN = {
     "python space/app.py                        # offline nano model; or --model out/quickstart/model":
         "a server that runs until stopped (tests/test_space.py launches the same app in-process); "
         "push.py needs the Hub",
-    "vlm2geovec nano --out DIR [--seed N]            # offline default: Qwen2-VL architecture, 20 M parameters, "
-    "real Qwen2 tokenizer": "CLI synopsis ([optional] parts and placeholders)",
+    "vlm2geovec nano --out DIR [--seed N] [--family F]  # offline default; F: qwen2_vl (default), qwen2_5_vl, "
+    "qwen3_vl": "CLI synopsis ([optional] parts and placeholders)",
 }
 
 

@@ -123,11 +123,60 @@ the index is the caller's own. Images are resized to the processor's pixel budge
 (`image_processor.size["longest_edge"]`); images above `max_image_pixels` ({max_image_pixels:,} by default)
 are refused before decoding — tile them.
 
+## Backbone families
+
+One model file wraps transformers' own backbone classes with the same pooling; each family keeps its own
+conventions, read from its own processor and checkpoints. A box is always given in pixels of the image as passed
+(upright, original size) and lands on the same place of the image in every family; coordinates render the same
+everywhere.
+
+| family (`backbone_family`) | Hub checkpoints | image token covers | pixel budget (Hub processor) | no instruction | box `[10, 20, 110, 220]` on a 400x400 image |
+|---|---|---|---|---|---|
+| `qwen2_vl` | Qwen/Qwen2-VL-2B-Instruct, -7B | 28x28 px (patch 14, merge 2) | 3,136–12,845,056 | system "You are a helpful assistant." | `<|box_start|>(25,50),(275,550)<|box_end|>` (0–1000 of the image) |
+| `qwen2_5_vl` | Qwen/Qwen2.5-VL-3B-Instruct, -7B | 28x28 px (patch 14, merge 2) | 3,136–12,845,056 | system "You are a helpful assistant." | `{{"bbox_2d": [10, 20, 108, 216]}}` (pixels of the resized input, here 392x392) |
+| `qwen3_vl` | Qwen/Qwen3-VL-2B-Instruct, -8B; Qwen/Qwen3-VL-Embedding-2B, -8B | 32x32 px (patch 16, merge 2) | 65,536–16,777,216 | no system turn | `{{"bbox_2d": [25, 50, 275, 550]}}` (0–1000 of the image) |
+
+The item above in Qwen2.5-VL (Hub pixel budget; a larger image is shrunk first and the box follows the shrink):
+
+```
+<|im_start|>system
+Find the region.<|im_end|>
+<|im_start|>user
+<|vision_start|><|image_pad|><|vision_end|>{{"bbox_2d": [10, 20, 108, 216]}}
+29.6900°N, 81.9900°W
+a tree<|im_end|>
+<|endoftext|>
+```
+
+and in Qwen3-VL, with no instruction:
+
+```
+<|im_start|>user
+<|vision_start|><|image_pad|><|vision_end|>{{"bbox_2d": [25, 50, 275, 550]}}
+29.6900°N, 81.9900°W
+a tree<|im_end|>
+<|endoftext|>
+```
+
+A checkpoint converted from **Qwen3-VL-Embedding** (`vlm2geovec convert` detects it) keeps that model's own
+pipeline (`prompt_style="qwen3_vl_embedding"`), so it gives the published model's vectors: the instruction is the
+system turn ("Represent the user's input." when none is given, a full stop added when it ends without
+punctuation), the pooled token is the last one of the generation prompt, and images are resized to
+4,096–1,843,200 pixels. `"a harbour"` with no instruction:
+
+```
+<|im_start|>system
+Represent the user's input.<|im_end|>
+<|im_start|>user
+a harbour<|im_end|>
+<|im_start|>assistant
+```
+
 ## Embedding
 
 | setting | value |
 |---|---|
-| pooling | `{pooling}`: hidden state of the final `<|endoftext|>` (correct for left and right padding) |
+| pooling | `{pooling}`: hidden state of the final token (`<|endoftext|>`; in Qwen3-VL-Embedding's style the generation prompt's last token), correct for left and right padding |
 | normalisation | {normalize} |
 | dimension | {dim} (Matryoshka truncation: `embedding_dim` in the config, or `truncate_dim` in sentence-transformers) |
 | similarity | cosine |
