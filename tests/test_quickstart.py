@@ -26,7 +26,8 @@ def test_quickstart_learns_on_held_out_tasks(tmp_path):
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "| S2Lite-VQA |" in (out / "report.md").read_text()
     card = (out / "model" / "README.md").read_text()
-    assert "| S2Lite-VQA | 1200 |" in card  # the quick preset caps training rows at 1,200 per task and "| learning_rate | 0.001 |" in card and "### RSMEB" in card
+    # the quick preset caps training rows at 1,200 per task
+    assert "| S2Lite-VQA | 1200 |" in card and "| learning_rate | 0.001 |" in card and "### RSMEB" in card
 
     # The trained checkpoint loads both ways and gives the same vectors.
     import torch
