@@ -845,13 +845,12 @@ def check_items(
 
 
 def _styled_instruction(instruction: str | None, style: PromptStyle) -> str | None:
-    if instruction is None:
-        return style.default_instruction
-    if style.end_instruction_with_punctuation:
+    """The user's instruction as the prompt style writes it (None or empty: none given)."""
+    if instruction and style.end_instruction_with_punctuation:
         instruction = instruction.strip()
         if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
             instruction += "."
-    return instruction
+    return instruction or None
 
 
 def render_pieces(
@@ -872,7 +871,9 @@ def render_pieces(
     spec, ending = backbone_family_spec(family), prompt_style_spec(style)
     system_text = _styled_instruction(instruction, ending)
     if system_text:
-        system = (system_text, instruction is not None)
+        system = (system_text, True)
+    elif ending.default_instruction:
+        system = (ending.default_instruction, False)
     elif spec.default_system_prompt is not None:
         system = (spec.default_system_prompt, False)
     else:

@@ -539,6 +539,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_vllm(args: argparse.Namespace) -> int:
+    from vlm2geovec.vllm_export import export_for_vllm
+
+    out = export_for_vllm(check_model_path(args.model), args.out)
+    print(f"wrote a vLLM-servable copy of {args.model} to {out} (native transformers class, last-token pooling, "
+          f"normalised); serve it with: vllm serve {out} --runner pooling")
+    return 0
+
+
 BENCHMARKS = ("encode", "train", "search", "assets")
 
 
@@ -681,6 +690,13 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=_cmd_quickstart)
 
     _add_index_parsers(sub)
+
+    export = sub.add_parser("export", help="export a checkpoint for another engine")
+    export_sub = export.add_subparsers(dest="export_target", required=True)
+    vllm = export_sub.add_parser("vllm", help="a folder vLLM serves with --runner pooling, giving our vectors")
+    vllm.add_argument("--model", required=True, help="VLM2GeoVec folder (or Hub id)")
+    vllm.add_argument("--out", required=True, help="output folder")
+    vllm.set_defaults(func=_cmd_export_vllm)
 
     bench = sub.add_parser("bench", help="run a benchmark script (encode, train, search, assets); --help after the name")
     bench.add_argument("name", choices=BENCHMARKS)
