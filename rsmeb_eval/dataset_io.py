@@ -140,14 +140,14 @@ def check_parquet(path: str | os.PathLike) -> None:
 def load_task(folder: str | os.PathLike, task: str, split: str = "test"):
     """(queries, corpus) as `datasets.Dataset`s, offline, with exact features. A missing or damaged file is a
     ValueError naming it (`datasets` would say neither which file nor why)."""
-    from datasets import load_dataset
+    from vlm2geovec.data.io import load_dataset_fresh
 
     loaded = []
     for config in (task, task + CORPUS_SUFFIX):
         for path in sorted((Path(folder) / "data" / config).glob(f"{split}*.parquet")):  # the layout we write
             check_parquet(path)
         try:
-            loaded.append(load_dataset(str(folder), config, split=split))
+            loaded.append(load_dataset_fresh(folder, config, split=split))  # a rebuilt folder is read as it is now
         except Exception as error:  # datasets raises many types, rarely naming the file
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             raise ValueError(f"{folder}: cannot load {config}/{split} ({type(error).__name__}: {reason})") from None
