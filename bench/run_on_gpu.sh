@@ -45,6 +45,12 @@ python3 bench/train.py --model qwen2vl-2b-random --device cuda --json "$OUT/trai
   --results-md "$OUT/RESULTS.md" > "$OUT/train_2b.log" 2>&1
 echo "train exit $?"; grep "{'batch" "$OUT/train_2b.log"; tail -3 "$OUT/train_2b.log"
 fi
+if [[ " $WHAT " == *" vllm "* ]]; then  # issue 13: vLLM's vectors and throughput against encode (needs vllm there)
+python3 -m vlm2geovec.cli nano --out "$OUT/nano-vllm-src" > /dev/null && \
+python3 bench/vllm_parity.py --model "$OUT/nano-vllm-src" --n "${N:-512}" --json "$OUT/vllm_parity_nano.json" \
+  > "$OUT/vllm.log" 2>&1
+echo "vllm exit $?"; tail -5 "$OUT/vllm.log"
+fi
 if [[ " $WHAT " == *" search "* ]]; then  # CPU-bound: uses the machine's cores, not the GPU
 # 10^5 x 1536 is recorded from the 2-core machine; an HNSW build at 10^6 x 1536 may not fit one 10-minute call,
 # so IVF only unless SEARCH_KINDS says otherwise.

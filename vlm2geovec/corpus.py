@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vlm2geovec.data.io import atomic_write
+from vlm2geovec.data.io import atomic_write, load_dataset_fresh
 from vlm2geovec.index import VectorIndex, model_fingerprint, model_preprocessing, validate_metadata
 
 PARTS_DIR, MANIFEST_FILE = "parts", "manifest.json"
@@ -365,7 +365,7 @@ def open_source(input: str | os.PathLike, *, split: str | None = None, config: s
             if path.is_file() and path.suffix.lower() == ".parquet":
                 loaded = datasets.load_dataset("parquet", data_files=text, split="train")
             else:
-                loaded = datasets.load_dataset(text, config, split=split or "train")
+                loaded = load_dataset_fresh(text, config, split=split or "train")  # never a stale cache of a folder
         except Exception as error:  # datasets raises many types (DatasetGenerationError, ArrowInvalid, ...)
             reason = (str(error).strip().splitlines() or [""])[0][:300]
             raise ValueError(f"{text}: cannot load it as a dataset ({type(error).__name__}: {reason})") from None
@@ -538,6 +538,43 @@ def progress(total: int, desc: str, unit: str = "pos", enabled: bool = True):
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled)
 
 
+def plan_chunks(model, source, out: str | os.PathLike, chunk_size: int, instruction: str | None,
+                wanted: list[int] | None = None) -> tuple[Path, list[int], dict[int, str], list[str]]:
+    """Which chunks of `source` (of `wanted`, default all) need embedding into ``<out>/parts``, for every engine
+    (local, torchrun shards, Ray): the manifest is checked (or written) first, then a chunk is kept only when its
+    file holds the content digest of its input now. Returns ``(parts folder, chunks to embed, digests of wanted
+    chunks, notes naming each chunk embedded again and why)``."""
+    parts = Path(out) / PARTS_DIR
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file, not an index folder")
+    parts.mkdir(parents=True, exist_ok=True)
+    chunks = chunk_count(source, chunk_size)
+    _check_manifest(parts, {"source": source.describe(), "chunk_size": chunk_size,
+                            "model_fingerprint": model_fingerprint(model), "instruction": instruction,
+                            "preprocessing": model_preprocessing(model), "chunks": chunks})
+    todo, notes, digests = [], [], {}
+    for c in range(chunks) if wanted is None else wanted:
+        digests[c] = source.chunk_digest(c * chunk_size, (c + 1) * chunk_size)
+        path = _chunk_path(parts, c)
+        if not path.is_file():
+            todo.append(c)
+            continue
+        stored, why = _stored_digest(path)
+        if stored == digests[c]:
+            continue
+        todo.append(c)
+        notes.append(f"re-embedding chunk {c} ({source.where(c * chunk_size)} ...): " +
+                     (why or f"its input changed since {path.name} was written"))
+    return parts, todo, digests, notes
+
+
+def write_chunk(parts: Path, chunk: int, vectors, metadata: list, digest: str) -> None:
+    """One chunk file: its vectors (float32), metadata JSON and the content digest of its input (atomically)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    atomic_write(_chunk_path(parts, chunk), lambda tmp: np.savez(
+        tmp, vectors=vectors, metadata=np.array(json.dumps(metadata, ensure_ascii=False)), content=np.array(digest)))
+
+
 def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[int, int] | None = None,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 16, instruction: str | None = None,
                  show_progress_bar: bool = True) -> list[int]:
@@ -552,30 +589,8 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     index, count = parse_shard(shard)
-    parts = Path(out) / PARTS_DIR
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"--out {out} is a file, not an index folder")
-    parts.mkdir(parents=True, exist_ok=True)
-    chunks = chunk_count(source, chunk_size)
-    _check_manifest(parts, {"source": source.describe(), "chunk_size": chunk_size,
-                            "model_fingerprint": model_fingerprint(model), "instruction": instruction,
-                            "preprocessing": model_preprocessing(model), "chunks": chunks})
-    mine = [c for c in range(chunks) if c % count == index]
-    todo, notes = [], []
-    digests = {}
-    for c in mine:
-        digests[c] = source.chunk_digest(c * chunk_size, (c + 1) * chunk_size)
-        path = _chunk_path(parts, c)
-        if not path.is_file():
-            todo.append(c)
-            continue
-        stored, why = _stored_digest(path)
-        if stored == digests[c]:
-            continue
-        todo.append(c)
-        first = source.where(c * chunk_size)
-        notes.append(f"re-embedding chunk {c} ({first} ...): " +
-                     (why or f"its input changed since {path.name} was written"))
+    mine = [c for c in range(chunk_count(source, chunk_size)) if c % count == index]
+    parts, todo, digests, notes = plan_chunks(model, source, out, chunk_size, instruction, mine)
     total = sum(min(len(source), (c + 1) * chunk_size) - c * chunk_size for c in todo)
     written = []
     empty = np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)  # a chunk whose positions were all skipped
@@ -598,10 +613,7 @@ def embed_chunks(model, source, out: str | os.PathLike, *, shard: str | tuple[in
                 except (ValueError, TypeError) as error:
                     raise _locate_error(error, records, source) from None
             metadata = validate_metadata([meta for _, meta in records], len(records))
-            vectors = np.asarray(vectors, dtype=np.float32)
-            atomic_write(_chunk_path(parts, chunk), lambda tmp: np.savez(
-                tmp, vectors=vectors, metadata=np.array(json.dumps(metadata, ensure_ascii=False)),
-                content=np.array(digests[chunk])))
+            write_chunk(parts, chunk, vectors, metadata, digests[chunk])
             written.append(chunk)
             bar.update(stop - start)
     return written

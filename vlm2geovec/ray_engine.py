@@ -240,31 +240,11 @@ def embed_dataset(dataset, model: str | os.PathLike, *, instruction: str | None 
 
 def _plan(model, source, out: Path, chunk_size: int, instruction: str | None):
     """The chunks to embed (missing, damaged, or made from an input that changed since) and their content digests,
-    with the local build's manifest, so Ray and local runs share one output folder."""
+    planned as the local build plans them (`corpus.plan_chunks`), so Ray and local runs share one output folder."""
     from vlm2geovec import corpus
-    from vlm2geovec.index import model_fingerprint, model_preprocessing
 
-    parts = out / corpus.PARTS_DIR
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not an index folder")
-    parts.mkdir(parents=True, exist_ok=True)
-    chunks = corpus.chunk_count(source, chunk_size)
-    corpus._check_manifest(parts, {"source": source.describe(), "chunk_size": chunk_size,
-                                   "model_fingerprint": model_fingerprint(model), "instruction": instruction,
-                                   "preprocessing": model_preprocessing(model), "chunks": chunks})
-    todo, digests, notes = [], {}, []
-    for chunk in range(chunks):
-        digests[chunk] = source.chunk_digest(chunk * chunk_size, (chunk + 1) * chunk_size)
-        path = corpus._chunk_path(parts, chunk)
-        if not path.is_file():
-            todo.append(chunk)
-            continue
-        stored, why = corpus._stored_digest(path)
-        if stored != digests[chunk]:
-            todo.append(chunk)
-            notes.append(f"re-embedding chunk {chunk} ({source.where(chunk * chunk_size)} ...): "
-                         + (why or f"its input changed since {path.name} was written"))
-    return parts, chunks, todo, digests, notes
+    parts, todo, digests, notes = corpus.plan_chunks(model, source, out, chunk_size, instruction)
+    return parts, len(digests), todo, digests, notes
 
 
 def _rows(source, todo: list[int], chunk_size: int) -> list[dict]:
@@ -363,14 +343,12 @@ def embed_chunks_ray(model, model_path: str, source, out: str | os.PathLike, *, 
 
 
 def _write_chunk(parts: Path, chunk: int, rows: list, digest: str, dim: int, validate_metadata) -> None:
-    """One chunk file in the local build's format (`vlm2geovec.corpus`): vectors, metadata JSON, content digest."""
+    """One chunk file in the local build's format (`corpus.write_chunk`) from the workers' rows."""
     from vlm2geovec import corpus
 
     kept = [r for r in rows if not r[3]]
     vectors = np.stack([r[1] for r in kept]).astype(np.float32) if kept else np.zeros((0, dim), dtype=np.float32)
-    metadata = validate_metadata([json.loads(r[2]) for r in kept], len(kept))
-    corpus.atomic_write(corpus._chunk_path(parts, chunk), lambda tmp: np.savez(
-        tmp, vectors=vectors, metadata=np.array(json.dumps(metadata, ensure_ascii=False)), content=np.array(digest)))
+    corpus.write_chunk(parts, chunk, vectors, validate_metadata([json.loads(r[2]) for r in kept], len(kept)), digest)
 
 
 def build_index_ray(model, model_path: str, source, out: str | os.PathLike, *, kind: str = "auto",
