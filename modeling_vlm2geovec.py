@@ -226,7 +226,20 @@ class VLM2GeoVecOutput(ModelOutput):
 
 
 class _EmbeddingConfigMixin:
-    """What every family's config adds to its backbone's config: checks on load, and on the embedding fields."""
+    r"""What every family's config adds to its backbone's config: the embedding fields (declared on each family's
+    class), and checks on load and on those fields.
+
+    Args:
+        pooling (`str`, *optional*, defaults to `"last"`):
+            ``"last"``: hidden state of the last attended token (the processor ends every item with the token to
+            pool); ``"mean"``: mean over attended tokens.
+        normalize (`bool`, *optional*, defaults to `True`):
+            L2-normalise the embedding.
+        embedding_dim (`int`, *optional*):
+            Keep only the first ``embedding_dim`` dimensions (Matryoshka), before normalising.
+        input_format_version (`int`, *optional*, defaults to 1):
+            Version of the processor's rendering of boxes and coordinates the weights were trained with.
+    """
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -278,23 +291,10 @@ class _EmbeddingConfigMixin:
             )
 
 
-_CONFIG_ARGS_DOC = r"""
-    Args:
-        pooling (`str`, *optional*, defaults to `"last"`):
-            ``"last"``: hidden state of the last attended token (the processor ends every item with the token to
-            pool); ``"mean"``: mean over attended tokens.
-        normalize (`bool`, *optional*, defaults to `True`):
-            L2-normalise the embedding.
-        embedding_dim (`int`, *optional*):
-            Keep only the first ``embedding_dim`` dimensions (Matryoshka), before normalising.
-        input_format_version (`int`, *optional*, defaults to 1):
-            Version of the processor's rendering of boxes and coordinates the weights were trained with.
-"""
-
-
 class VLM2GeoVecConfig(_EmbeddingConfigMixin, Qwen2VLConfig):
-    r"""Qwen2-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen2_vl"``).
-    """ + _CONFIG_ARGS_DOC + r"""
+    r"""Qwen2-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen2_vl"``; the embedding
+    fields are documented in `_EmbeddingConfigMixin`).
+
     Example:
 
     ```python
@@ -305,6 +305,8 @@ class VLM2GeoVecConfig(_EmbeddingConfigMixin, Qwen2VLConfig):
     model_type = "vlm2geovec"
     backbone_family = "qwen2_vl"
 
+    # transformers turns every config class into its own dataclass: each family's class declares the embedding
+    # fields itself (a plain mixin's annotations would not become fields).
     pooling: str = "last"
     normalize: bool = True
     embedding_dim: int | None = None
@@ -312,8 +314,8 @@ class VLM2GeoVecConfig(_EmbeddingConfigMixin, Qwen2VLConfig):
 
 
 class VLM2GeoVecQwen2_5VLConfig(_EmbeddingConfigMixin, Qwen2_5_VLConfig):
-    r"""Qwen2.5-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen2_5_vl"``).
-    """ + _CONFIG_ARGS_DOC
+    r"""Qwen2.5-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen2_5_vl"``; the
+    embedding fields as in `VLM2GeoVecConfig`)."""
 
     model_type = "vlm2geovec_qwen2_5_vl"
     backbone_family = "qwen2_5_vl"
@@ -325,9 +327,8 @@ class VLM2GeoVecQwen2_5VLConfig(_EmbeddingConfigMixin, Qwen2_5_VLConfig):
 
 
 class VLM2GeoVecQwen3VLConfig(_EmbeddingConfigMixin, Qwen3VLConfig):
-    r"""Qwen3-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen3_vl"``); also the
-    family of Qwen3-VL-Embedding checkpoints.
-    """ + _CONFIG_ARGS_DOC
+    r"""Qwen3-VL hyperparameters plus what changes the embedding (``backbone_family = "qwen3_vl"``; the embedding
+    fields as in `VLM2GeoVecConfig`); also the family of Qwen3-VL-Embedding checkpoints."""
 
     model_type = "vlm2geovec_qwen3_vl"
     backbone_family = "qwen3_vl"

@@ -23,8 +23,9 @@ def number(text: str) -> float:
 
 
 def space_constants() -> dict[str, float]:
-    """MAX_UPLOAD_MB / MAX_IMAGE_PIXELS from space/app.py, read without importing it (it imports gradio)."""
-    tree = ast.parse((REPO_ROOT / "space" / "app.py").read_text(encoding="utf-8"))
+    """MAX_UPLOAD_MB / MAX_IMAGE_PIXELS from the Space's settings module, read without importing it (the Space's
+    package imports gradio)."""
+    tree = ast.parse((REPO_ROOT / "space" / "vlm2geovec_space" / "settings.py").read_text(encoding="utf-8"))
     values = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
@@ -32,7 +33,7 @@ def space_constants() -> dict[str, float]:
             if name in ("MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS"):
                 call = node.value.args[0] if name == "MAX_IMAGE_PIXELS" else node.value  # int(_env_number(...))
                 assert isinstance(call, ast.Call) and call.func.id == "_env_number", ast.dump(node)
-                values[name] = float(eval(compile(ast.Expression(call.args[1]), "app.py", "eval")))  # a literal
+                values[name] = float(eval(compile(ast.Expression(call.args[1]), "settings.py", "eval")))  # a literal
     assert values.keys() == {"MAX_UPLOAD_MB", "MAX_IMAGE_PIXELS"}
     return values
 
@@ -80,8 +81,11 @@ def test_space_upload_caps():
 def test_quickstart_recipe():
     from vlm2geovec_train.recipe import TrainConfig
 
+    from vlm2geovec_train.quickstart import PRESETS
+
     nano = TrainConfig.from_yaml(REPO_ROOT / "train" / "configs" / "nano.yaml")
     steps, batch = stated(r"([\d,]+) steps of batch (\d+);")
-    assert (int(number(steps)), int(batch)) == (nano.max_steps, nano.batch_size)
+    # the quickstart trains the nano recipe with its default preset's step count
+    assert (int(number(steps)), int(batch)) == (PRESETS["quick"]["max_steps"], nano.batch_size)
     (temperature,) = stated(r"InfoNCE at temperature ([\d.]+) over")
     assert float(temperature) == nano.temperature == TrainConfig.temperature
