@@ -101,4 +101,8 @@ def test_quickstart_seeds_option_runs_one_quickstart_per_seed(monkeypatch, tmp_p
     monkeypatch.setattr(qs, "quickstart", lambda out, **kw: calls.append(("one", kw["seed"])))
     assert main(["quickstart", "--out", str(tmp_path), "--seeds", "0", "1", "2", "--max-steps", "5"]) == 0
     assert main(["quickstart", "--out", str(tmp_path), "--seed", "4"]) == 0
-    assert calls == [("seeds", [0, 1, 2], {"max_steps": 5, "tasks": None}), ("one", 4)]
+    assert calls == [("seeds", [0, 1, 2], {"max_steps": 5, "tasks": None, "family": "qwen2_vl", "data_dir": None}),
+                     ("one", 4)]
+    calls.clear()
+    assert main(["quickstart", "--out", str(tmp_path), "--seeds", "1", "--family", "qwen3_vl", "--data", "D"]) == 0
+    assert calls == [("seeds", [1], {"max_steps": None, "tasks": None, "family": "qwen3_vl", "data_dir": "D"})]

@@ -80,7 +80,8 @@ def _cmd_nano(args: argparse.Namespace) -> int:
     model, processor = build_nano(seed=args.seed, family=args.family)
     title = BACKBONE_FAMILIES[args.family].title
     card = render_model_card(
-        name=f"vlm2geovec-nano ({title} architecture, seed {args.seed})",
+        name=f"vlm2geovec-nano (seed {args.seed})" if args.family == "qwen2_vl" else
+        f"vlm2geovec-nano (seed {args.seed}, {title} architecture)",
         base=None,
         repo=str(args.out),
         dim=f"{model.config.text_config.hidden_size}",
