@@ -882,22 +882,38 @@ def render_pieces(
     if system is not None:
         pieces += [("<|im_start|>system\n", False), system, ("<|im_end|>\n", False)]
     pieces.append(("<|im_start|>user\n", False))
+    for kind, text, from_user in content_pieces(parts, coord_precision, family, resized_size):
+        pieces.append((f"{VISION_START}{IMAGE_TOKEN}{VISION_END}" if kind == "image" else text, from_user))
+    pieces.append((ending.ending, False))
+    return pieces
+
+
+def content_pieces(
+    parts: list[tuple[str, Any]],
+    coord_precision: int = DEFAULT_COORD_PRECISION,
+    family: str = DEFAULT_FAMILY,
+    resized_size=None,
+) -> list[tuple[str, str | None, bool]]:
+    """The user turn's content of one item as ``(kind, text, from_user)``: separators (kind ``"separator"``),
+    boxes and coordinates as the family renders them, user texts, and images (``text`` None). The one home of the
+    content rules, for our chat rendering and for the vLLM request helpers."""
+    spec = backbone_family_spec(family)
+    pieces: list[tuple[str, str | None, bool]] = []
     previous = None
     for kind, value in parts:
         if previous is not None and previous != "image":
-            pieces.append((PART_SEPARATOR, False))
+            pieces.append(("separator", PART_SEPARATOR, False))
         if kind == "image":
-            pieces.append((f"{VISION_START}{IMAGE_TOKEN}{VISION_END}", False))
+            pieces.append(("image", None, False))
         elif kind == "bbox":
             box, size = value
             resized = resized_size(*size) if (resized_size is not None and spec.box_units == "resized-pixels") else None
-            pieces.append((format_bbox(box, size, family, resized), False))
+            pieces.append(("bbox", format_bbox(box, size, family, resized), False))
         elif kind == "coords":
-            pieces.append((format_coords(value, coord_precision), False))
+            pieces.append(("coords", format_coords(value, coord_precision), False))
         else:
-            pieces.append((value, True))
+            pieces.append(("text", value, True))
         previous = kind
-    pieces.append((ending.ending, False))
     return pieces
 
 
@@ -1505,4 +1521,5 @@ __all__ = [
     "check_image_scale",
     "stretch_to_uint8",
     "render_pieces",
+    "content_pieces",
 ]

@@ -30,8 +30,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from processing_vlm2geovec import (
-    BACKBONE_FAMILIES, IMAGE_TOKEN, PART_SEPARATOR, PROMPT_STYLES, VISION_END, VISION_START, _styled_instruction,
-    format_bbox, format_coords,
+    BACKBONE_FAMILIES, IMAGE_TOKEN, PROMPT_STYLES, VISION_END, VISION_START, _styled_instruction, content_pieces,
 )
 
 NATIVE_CLASSES = {
@@ -144,28 +143,25 @@ def _merge(path: Path, update: dict[str, Any]) -> None:
 # Requests
 # ---------------------------------------------------------------------------------------------------------------
 def _user_content(parts: list[tuple[str, Any]], processor) -> list[dict[str, Any]]:
-    """Our rendering of an item's parts as chat content: images as image parts, the rest as text parts that carry
-    the same separators and box/coordinate text our processor renders."""
-    family = processor.family_name
-    resized = processor.resized_size if BACKBONE_FAMILIES[family].box_units == "resized-pixels" else None
+    """Our rendering of an item's parts as chat content (`content_pieces`): images as image parts, the rest as text
+    parts; a separator joins the text part after it, which the template concatenates the same way."""
     content: list[dict[str, Any]] = []
-    previous = None
-    for kind, value in parts:
-        separator = PART_SEPARATOR if previous is not None and previous != "image" else ""
-        if kind == "image":
-            if separator:
-                content.append({"type": "text", "text": separator})
-            content.append({"type": "image", "image": value})
+    images = iter(value for kind, value in parts if kind == "image")
+    pending = ""
+    for kind, text, _ in content_pieces(parts, processor.coord_precision, processor.family_name,
+                                        processor.resized_size):
+        if kind == "separator":
+            pending += text
+        elif kind == "image":
+            if pending:
+                content.append({"type": "text", "text": pending})
+                pending = ""
+            content.append({"type": "image", "image": next(images)})
         else:
-            if kind == "bbox":
-                box, size = value
-                text = format_bbox(box, size, family, resized(*size) if resized else None)
-            elif kind == "coords":
-                text = format_coords(value, processor.coord_precision)
-            else:
-                text = value
-            content.append({"type": "text", "text": separator + text})
-        previous = kind
+            content.append({"type": "text", "text": pending + text})
+            pending = ""
+    if pending:
+        content.append({"type": "text", "text": pending})
     return content
 
 
