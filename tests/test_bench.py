@@ -33,6 +33,20 @@ def test_encode_benchmark_preprocess_only(tmp_path):
     assert record["pixel_path"]["images"] == 24
 
 
+def test_packed_benchmark_quick(tmp_path):
+    """Packed vs padded in CPU seconds: both forwards ran on the same batches and gave the same vectors."""
+    record = run_bench("packed", tmp_path, "--quick", "--families", "qwen2_vl", "qwen3_vl")
+    assert record["threads"] == 1 and record["environment"]["cpu_threads"] == 1
+    for family in ("qwen2_vl", "qwen3_vl"):
+        length, arrival = record["families"][family]["length"], record["families"][family]["arrival"]
+        assert length["real_tokens"] == arrival["real_tokens"] > 0
+        for order in (length, arrival):
+            assert order["max_abs_diff"] <= 1e-5
+            assert order["padded_cpu_s"] > 0 and order["packed_cpu_s"] > 0
+            assert 0 < order["packed_language_model_cpu_s"] < order["packed_cpu_s"]
+            assert order["pair_ratio_min"] <= order["pair_ratio_median"] <= order["pair_ratio_max"]
+
+
 def test_train_benchmark_quick(tmp_path):
     record = run_bench("train", tmp_path, "--model", "nano", "--quick", "--device", "cpu")
     rows = {(r["batch_size"], r["loss"]): r for r in record["rows"]}

@@ -5,6 +5,7 @@ mirrors; `bench/` holds no vLLM numbers."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -45,14 +46,27 @@ def exported(request, tmp_path_factory):
     return family, ours, export_for_vllm(ours, root / "vllm")
 
 
-def _native_vector(out, family, prompt):
-    """Embed one offline prompt as vLLM's pooling runner does, with transformers' native class."""
+@functools.lru_cache(maxsize=2)
+def _native(out, family):
+    """The export loaded as vLLM's transformers backend would: tokenizer, image processor, native model class."""
     import transformers
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(out)
+    model = getattr(transformers, NATIVE_CLASSES[family][1]).from_pretrained(out).eval()
+    return AutoTokenizer.from_pretrained(out), Qwen2VLImageProcessorPil.from_pretrained(out), model
+
+
+@functools.lru_cache(maxsize=2)
+def _ours(path):
+    from vlm2geovec import load_model
+
+    return load_model(str(path))
+
+
+def _native_vector(out, family, prompt):
+    """Embed one offline prompt as vLLM's pooling runner does, with transformers' native class."""
+    tokenizer, image_processor, model = _native(out, family)
     text, inputs = prompt["prompt"], {}
     images = prompt.get("multi_modal_data", {}).get("image", [])
     if images:
@@ -63,7 +77,6 @@ def _native_vector(out, family, prompt):
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
     inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids),
                   mm_token_type_ids=(ids == tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)).to(torch.int32))
-    model = getattr(transformers, NATIVE_CLASSES[family][1]).from_pretrained(out).eval()
     with torch.no_grad():
         hidden = model.model(**inputs, use_cache=False).last_hidden_state
     return F.normalize(hidden[0, -1].float(), dim=-1)
@@ -71,10 +84,8 @@ def _native_vector(out, family, prompt):
 
 @pytest.mark.parametrize("instruction", [None, "Find the place"])
 def test_native_export_fed_by_the_client_helper_gives_our_vectors(exported, instruction):
-    from vlm2geovec import load_model
-
     family, ours, out = exported
-    st_model = load_model(str(ours))
+    st_model = _ours(ours)
     processor = st_model[0].processor
     items = list(ITEMS.values())
     expected = st_model.encode(items, convert_to_tensor=True, **({"prompt": instruction} if instruction else {}))
@@ -102,10 +113,8 @@ def test_export_loads_without_remote_code_and_describes_the_pooling(exported):
 def test_openai_messages_render_the_same_text_as_the_offline_prompts(exported):
     from transformers import AutoTokenizer
 
-    from vlm2geovec import load_model
-
     _, ours, out = exported
-    processor = load_model(str(ours))[0].processor
+    processor = _ours(ours)[0].processor
     tokenizer = AutoTokenizer.from_pretrained(out)
     items = list(ITEMS.values())
     for instruction in (None, "Find the place"):

@@ -549,7 +549,7 @@ def _cmd_export_vllm(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("encode", "train", "search", "assets")
+BENCHMARKS = ("encode", "packed", "train", "search", "assets")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -699,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument("--out", required=True, help="output folder")
     vllm.set_defaults(func=_cmd_export_vllm)
 
-    bench = sub.add_parser("bench", help="run a benchmark script (encode, train, search, assets); --help after the name")
+    bench = sub.add_parser("bench", help="run a benchmark script (encode, packed, train, search, assets); --help after the name")
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the script's own options, e.g. --quick --json OUT")
     bench.set_defaults(func=_cmd_bench)
