@@ -39,7 +39,7 @@ def model(nano_dir):
 
 @pytest.fixture(scope="module")
 def neon_tif():
-    from rsmeb_eval.assets import georeferenced_rasters
+    from vlm2geovec.data.assets import georeferenced_rasters
 
     return georeferenced_rasters()["neon_OSBS_029"]
 

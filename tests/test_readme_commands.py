@@ -38,7 +38,7 @@ RUN = {
     "from sentence_transformers import SentenceTransformer": "the opening example (after the main job)",
     "source .venv/bin/activate": "activating the venv (checked in the checkout itself)",
     "from transformers import AutoModel, AutoProcessor": "the three ways to load a checkpoint",
-    'NEON_TIF=$(python -c "from rsmeb_eval.assets import georeferenced_rasters as r; print(r()[\'neon_OSBS_029\'])")':
+    'NEON_TIF=$(python -c "from vlm2geovec.data.assets import georeferenced_rasters as r; print(r()[\'neon_OSBS_029\'])")':
         "index and search on the bundled NEON GeoTIFF",
 }
 # Blocks not run here, by their first line, with the reason.

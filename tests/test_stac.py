@@ -24,7 +24,7 @@ from vlm2geovec.stac import EXTENSION, offline_validator, validate_offline, writ
 
 @pytest.fixture(scope="module")
 def landsat_export(nano_dir, tmp_path_factory):
-    from rsmeb_eval.assets import georeferenced_rasters
+    from vlm2geovec.data.assets import georeferenced_rasters
 
     model = load_model(str(nano_dir), device="cpu")
     folder = tmp_path_factory.mktemp("stac")
