@@ -26,34 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import write_outputs  # noqa: E402
-from encode import build_workload, environment, load, make_batches, packed_difference  # noqa: E402
-
-
-class LanguageModelCPUTimer:
-    """Process CPU seconds spent inside the language model (hooks around it)."""
-
-    def __init__(self, model):
-        self.module, self.seconds, self.handles = model.language_model, 0.0, []
-
-    def _start(self, module, args, kwargs):
-        self.started = time.process_time()
-
-    def _stop(self, module, args, kwargs, output):
-        self.seconds += time.process_time() - self.started
-
-    def __enter__(self):
-        self.handles = [self.module.register_forward_pre_hook(self._start, with_kwargs=True),
-                        self.module.register_forward_hook(self._stop, with_kwargs=True)]
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
+from encode import LanguageModelTimer, build_workload, environment, load, make_batches, packed_difference  # noqa: E402
 
 
 def timed_pass(model, batches, packed: bool) -> dict:
     """One pass over the batches: process CPU seconds, wall seconds, and the language model's CPU seconds."""
-    with torch.inference_mode(), LanguageModelCPUTimer(model) as language:
+    with torch.inference_mode(), LanguageModelTimer(model, "cpu", clock=time.process_time) as language:
         cpu, wall = time.process_time(), time.perf_counter()
         for batch in batches:
             model(**batch, packed=packed)
