@@ -359,25 +359,28 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                 with gr.Row():
                     with gr.Column(scale=2):
                         target = guard_choice(gr.Dropdown([GALLERY], value=GALLERY, allow_custom_value=True,
-                                                          label="Search over (the gallery or an indexed raster)"),
+                                                          label="Search over (the gallery or an indexed raster)",
+                                                          elem_id="vg-target"),
                                               "Search over", targets)
-                        k = guard_slider(gr.Slider(1, MAX_K, value=8, step=1, label="Top-k tiles"), "Top-k tiles")
+                        k = guard_slider(gr.Slider(1, MAX_K, value=8, step=1, label="Top-k tiles", elem_id="vg-k"),
+                                         "Top-k tiles")
                         with gr.Tab("By text", render_children=True):
                             query_text = guard_text(gr.Textbox(label="Describe the scene",
-                                                               value="a barrier island beach"), "Query text")
-                            text_button = gr.Button("Search by text", variant="primary")
+                                                               value="a barrier island beach", elem_id="vg-query-text"),
+                                                    "Query text")
+                            text_button = gr.Button("Search by text", variant="primary", elem_id="vg-search-text")
                         with gr.Tab("By image", render_children=True):
                             geo_sample = gr.Dropdown(list(samples), value=geo_first and geo_first.stem,
                                                      label="Sample query image")
                             query_image = guard_annotator(image_annotator(
                                 value=load_sample(geo_first.stem) if geo_first else None,
                                 label="Query image (optionally draw one box)", image_type="pil",
-                                sources=["upload", "clipboard"], height=320, box_min_size=4,
+                                sources=["upload", "clipboard"], height=320, box_min_size=4, elem_id="vg-query-image",
                             ), "Query image")
                             query_mod = guard_text(gr.Textbox(label="Optional modification text",
                                                               placeholder="e.g. with more farmland"),
                                                    "Modification text")
-                            image_button = gr.Button("Search by image", variant="primary")
+                            image_button = gr.Button("Search by image", variant="primary", elem_id="vg-search-image")
                         with gr.Tab("By coordinates", render_children=True):
                             with gr.Row():
                                 lat = guard_number(gr.Number(label="Latitude (°N)", value=37.69), "Latitude")
@@ -388,26 +391,29 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                                                "Place name")
                             place_button = gr.Button("Search by place", variant="primary")
                     with gr.Column(scale=3):
-                        geo_map = gr.HTML(leaflet_html(gallery, [], None, overview_png), label="Map")
+                        geo_map = gr.HTML(leaflet_html(gallery, [], None, overview_png), label="Map", elem_id="vg-geo-map")
                         with gr.Accordion("Static map (PNG, works offline)", open=False):
                             static_map = gr.Image(_png_image(overview_png), label="Static map",
                                                   type="pil", format="png", interactive=False)
                 geo_gallery = gr.Gallery(label="Top-k tiles", columns=6, height=300, format="png")
                 geo_table = gr.Dataframe(headers=["rank", "tile", "score", "lat", "lon", "label", "source"],
-                                         label="Results", interactive=False)
+                                         label="Results", interactive=False, elem_id="vg-results")
                 with gr.Accordion("Mark hits and refine (relevance feedback)", open=True):
                     gr.Markdown("Mark tiles of the results as relevant or not, then refine: the query moves toward "
                                 "the relevant tiles and away from the others (Rocchio). Without a query id, the "
                                 "relevant tiles alone are the query (search by example).", elem_classes="vg-note")
                     with gr.Row():
-                        query_id = guard_text(gr.Textbox(label="Query id (from the last search)"), "Query id")
+                        query_id = guard_text(gr.Textbox(label="Query id (from the last search)", elem_id="vg-query-id"),
+                                              "Query id")
                         relevant = guard_ids(gr.Dropdown([], multiselect=True, allow_custom_value=True,
-                                                         label="Relevant tiles"), "Relevant")
+                                                         label="Relevant tiles", elem_id="vg-relevant"), "Relevant")
                         not_relevant = guard_ids(gr.Dropdown([], multiselect=True, allow_custom_value=True,
-                                                             label="Not relevant tiles"), "Not relevant")
+                                                             label="Not relevant tiles", elem_id="vg-not-relevant"),
+                                                 "Not relevant")
                     with gr.Row():
-                        refine_button = gr.Button("Refine", variant="primary")
-                        marks_out = gr.File(label="Marked set (GeoJSON of footprints with labels)", interactive=False)
+                        refine_button = gr.Button("Refine", variant="primary", elem_id="vg-refine")
+                        marks_out = gr.File(label="Marked set (GeoJSON of footprints with labels)", interactive=False,
+                                            elem_id="vg-marks-file")
                         marks_in = gr.File(label="Import a marked set (GeoJSON)", file_types=[".geojson", ".json"],
                                            type="filepath")
                         import_button = gr.Button("Import marks")
@@ -422,48 +428,52 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                     with gr.Column(scale=2):
                         raster_choice = guard_choice(gr.Dropdown(
                             [*rasters.BUNDLED, rasters.UPLOAD], value=NEON_SCENE,
-                            label="Raster (a bundled scene; an uploaded file takes precedence)"),
+                            label="Raster (a bundled scene; an uploaded file takes precedence)",
+                            elem_id="vg-raster-choice"),
                             "Raster", raster_choices)
-                        raster_file = gr.File(label="GeoTIFF upload", file_types=[".tif", ".tiff"], type="filepath")
+                        raster_file = gr.File(label="GeoTIFF upload", file_types=[".tif", ".tiff"], type="filepath",
+                                              elem_id="vg-raster-file")
                         with gr.Row():
                             tile_size = guard_slider(gr.Slider(*settings.TILE_SIZES, value=100, step=1,
-                                                               label="Tile size (px)"), "Tile size")
+                                                               label="Tile size (px)", elem_id="vg-tile-size"),
+                                                     "Tile size")
                             stride = guard_slider(gr.Slider(4, settings.TILE_SIZES[1], value=100, step=1,
-                                                            label="Stride (px)"), "Stride")
+                                                            label="Stride (px)", elem_id="vg-stride"), "Stride")
                         bands = guard_text(gr.Textbox(label="Bands (1-based, e.g. 1,2,3; empty: 1,2,3 or 1)",
-                                                      value=""), "Bands")
-                        index_button = gr.Button("Index the raster", variant="primary")
+                                                      value="", elem_id="vg-bands"), "Bands")
+                        index_button = gr.Button("Index the raster", variant="primary", elem_id="vg-index")
                     with gr.Column(scale=3):
-                        raster_map = gr.HTML(label="Tile footprints")
+                        raster_map = gr.HTML(label="Tile footprints", elem_id="vg-raster-map")
                         with gr.Accordion("Static map (PNG)", open=False):
                             raster_png = gr.Image(label="Tile footprints", type="pil", format="png",
                                                   interactive=False)
                 with gr.Accordion("Indexed raster (JSON: grid, CRS, footprints)", open=False):
-                    raster_json = gr.JSON(label="Indexed raster")
+                    raster_json = gr.JSON(label="Indexed raster", elem_id="vg-raster-json")
                 gr.Markdown("**Few-shot map**: a few labelled tiles per class (one line per class, "
                             "`class: tile id, tile id`; ids are in the results table and the map tooltips) label "
                             "every tile.", elem_classes="vg-note")
                 with gr.Row():
                     with gr.Column(scale=2):
                         fewshot_target = guard_choice(gr.Dropdown([GALLERY], value=GALLERY, allow_custom_value=True,
-                                                                  label="Tiles to label"), "Tiles to label", targets)
-                        labelled = guard_text(gr.Textbox(label="Labelled tiles", lines=4,
+                                                                  label="Tiles to label", elem_id="vg-fewshot-target"),
+                                                      "Tiles to label", targets)
+                        labelled = guard_text(gr.Textbox(label="Labelled tiles", lines=4, elem_id="vg-labelled",
                                                          placeholder="trees: x0_y0, x100_y0\nground: x300_y300"),
                                               "Labelled tiles")
                         method = guard_choice(gr.Radio(list(analysis.FEWSHOT_METHODS), value="linear probe",
                                                        label="Method"), "Method", lambda: list(analysis.FEWSHOT_METHODS))
-                        fewshot_button = gr.Button("Map every tile", variant="primary")
+                        fewshot_button = gr.Button("Map every tile", variant="primary", elem_id="vg-fewshot")
                         class_counts = gr.Dataframe(headers=["class", "tiles"], label="Tiles per class",
-                                                    interactive=False)
+                                                    interactive=False, elem_id="vg-class-counts")
                         fewshot_geojson = gr.File(label="Map as GeoJSON", interactive=False)
                         fewshot_parquet = gr.File(label="Map as GeoParquet (needs the geoparquet extra)",
                                                   interactive=False)
                     with gr.Column(scale=3):
-                        fewshot_html = gr.HTML(label="Few-shot map")
+                        fewshot_html = gr.HTML(label="Few-shot map", elem_id="vg-fewshot-map")
                         fewshot_png = gr.Image(label="Few-shot map (static)", type="pil", format="png",
                                                interactive=False)
                 fewshot_table = gr.Dataframe(headers=["tile", "class", "confidence", "labelled"],
-                                             label="Every tile", interactive=False)
+                                             label="Every tile", interactive=False, elem_id="vg-fewshot-tiles")
                 with gr.Accordion("Few-shot result (JSON)", open=False):
                     fewshot_json = gr.JSON(label="Few-shot result")
                 gr.Markdown("**Change between two dates**: two co-registered rasters (same grid, CRS and "
@@ -471,14 +481,16 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                 with gr.Row():
                     with gr.Column():
                         before_choice = guard_choice(gr.Dropdown([*rasters.BUNDLED, rasters.UPLOAD], value=NEON_SCENE,
-                                                                 label="Before"), "Before", raster_choices)
+                                                                 label="Before", elem_id="vg-before-choice"),
+                                                     "Before", raster_choices)
                         before_file = gr.File(label="Before (GeoTIFF upload)", file_types=[".tif", ".tiff"],
-                                              type="filepath")
+                                              type="filepath", elem_id="vg-before-file")
                     with gr.Column():
                         after_choice = guard_choice(gr.Dropdown([*rasters.BUNDLED, rasters.UPLOAD], value=rasters.UPLOAD,
-                                                                label="After"), "After", raster_choices)
+                                                                label="After", elem_id="vg-after-choice"),
+                                                    "After", raster_choices)
                         after_file = gr.File(label="After (GeoTIFF upload)", file_types=[".tif", ".tiff"],
-                                             type="filepath")
+                                             type="filepath", elem_id="vg-after-file")
                     with gr.Column():
                         change_size = guard_slider(gr.Slider(*settings.TILE_SIZES, value=100, step=1,
                                                              label="Tile size (px)"), "Tile size")
@@ -487,13 +499,13 @@ def build_app(model_path: str | os.PathLike | None = None, cache_dir: str | os.P
                         change_bands = guard_text(gr.Textbox(label="Bands", value=""), "Bands")
                         change_top = guard_slider(gr.Slider(1, MAX_K, value=6, step=1, label="Most changed tiles"),
                                                   "Most changed tiles")
-                        change_button = gr.Button("Compare the dates", variant="primary")
+                        change_button = gr.Button("Compare the dates", variant="primary", elem_id="vg-change")
                 with gr.Row():
                     change_html = gr.HTML(label="Change heat map")
                     change_png = gr.Image(label="Change heat map (static)", type="pil", format="png",
                                           interactive=False)
                 change_table = gr.Dataframe(headers=["rank", "tile", "distance", "lat", "lon"],
-                                            label="Most changed tiles", interactive=False)
+                                            label="Most changed tiles", interactive=False, elem_id="vg-change-table")
                 change_pairs = gr.Gallery(label="Most changed tiles: before | after", columns=3, height=320,
                                           format="png")
                 with gr.Accordion("Change result (JSON)", open=False):
