@@ -19,7 +19,6 @@ External requests (the Leaflet CDN, web map tiles) are blocked, so the maps show
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from contextlib import contextmanager
@@ -243,12 +242,11 @@ class Page:
         return [t.strip() for t in self.page.locator(f"{component} .token").all_inner_texts()]
 
     def error_toast(self, needle: str) -> str:
-        """The error message the page shows (a gradio toast) containing ``needle``; the toast is closed after."""
+        """The text of the error message (a gradio toast) that the page shows containing ``needle``."""
         self.until(TOAST, needle, f"an error message containing {needle!r}")
         toast = self.page.locator("[data-testid=toast-body]", has_text=needle).first
         assert "error" in (toast.get_attribute("class") or ""), "the message is not shown as an error"
-        text = toast.locator("[data-testid=toast-text]").inner_text()
-        return text
+        return toast.locator("[data-testid=toast-text]").inner_text()
 
     def close_toasts(self) -> None:
         for button in self.page.locator("[data-testid=toast-close]").all():
