@@ -7,7 +7,7 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio")
 
-from vlm2geovec.data.assets import georeferenced_rasters, utm_to_lonlat  # noqa: E402
+from vlm2geovec.data.assets import georeferenced_rasters, scene_rasters, utm_to_lonlat  # noqa: E402
 from vlm2geovec.geotiff import GeoTiffTiler  # noqa: E402
 
 # Corner coordinates (lon, lat) of the two rasters as `gdalinfo` reports them (GDAL 3.10 / PROJ, the rasters' own
@@ -135,13 +135,13 @@ def test_nodata_tiles_are_skipped_and_padding_counts_as_nodata(landsat_stack, tm
     assert 2 in positions and half is not None and half.nodata_fraction == pytest.approx(0.5)
     with GeoTiffTiler(path, size=64, bands=(3, 2, 1), max_nodata=0.0) as strict:
         assert strict.tile(2 * columns) is None
-    with GeoTiffTiler(landsat_stack, size=64, edge="pad", max_nodata=1.0) as padded:
+    with GeoTiffTiler(landsat_stack, size=64, bands=(3, 2, 1), edge="pad", max_nodata=1.0) as padded:
         assert (padded.columns, padded.rows) == (10, 10)  # 627 = 9*64 + 51, 603 = 9*64 + 27
         last = padded.tile(len(padded) - 1)
         assert last.window == (576, 576, 640, 640)
         assert last.nodata_fraction == pytest.approx(1 - (51 * 27) / 64**2)
         assert (np.asarray(last.image)[27:, :, :] == 0).all()
-    with GeoTiffTiler(landsat_stack, size=64, edge="pad") as default_padded:  # >50% padding: skipped
+    with GeoTiffTiler(landsat_stack, size=64, bands=(3, 2, 1), edge="pad") as default_padded:  # >50% padding: skipped
         assert default_padded.tile(len(default_padded) - 1) is None
 
 
@@ -150,6 +150,44 @@ def test_tiles_stream_in_slices(landsat_stack):
         everything = [(t.position, t.window, t.lat, t.lon) for t in tiler]
         sliced = [(t.position, t.window, t.lat, t.lon) for s in range(0, len(tiler), 7) for t in tiler.tiles(s, s + 7)]
     assert sliced == everything and len(everything) == len(tiler) == 12 * 11
+
+
+def _copy_with_colours(source, path, colours, count=None):
+    """`source`'s first `count` bands written to `path` with GDAL colour interpretations `colours`."""
+    from rasterio.enums import ColorInterp
+
+    with rasterio.open(source) as ds:
+        data, profile = ds.read(), ds.profile
+    data = data[: count or len(data)]
+    profile.update(count=len(data), **({"alpha": "YES"} if "alpha" in colours else {}))  # GeoTIFF ExtraSamples
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(data)
+        out.colorinterp = [getattr(ColorInterp, colour) for colour in colours]
+    return path
+
+
+def test_default_bands_follow_the_files_colours_and_are_never_guessed(landsat_stack, tmp_path):
+    """Landsat numbers blue before red (the stack is B2, B3, B4, B5): without colour marks, bands 1-3 would be
+    false colours. Such a raster must name its bands; one whose file marks red/green/blue gets them by default."""
+    with pytest.raises(ValueError, match=r"4 bands \(gray, undefined, undefined, undefined\) and none marked red, "
+                                         "green and blue: choose the bands"):
+        GeoTiffTiler(landsat_stack, size=64)
+    marked = _copy_with_colours(landsat_stack, tmp_path / "marked.tif", ["blue", "green", "red", "undefined"])
+    with GeoTiffTiler(marked, size=64) as by_colour, GeoTiffTiler(landsat_stack, size=64, bands=(3, 2, 1)) as named:
+        assert by_colour.bands == (3, 2, 1)
+        assert np.array_equal(np.asarray(by_colour.tile(5).image), np.asarray(named.tile(5).image))
+    grey_alpha = _copy_with_colours(landsat_stack, tmp_path / "grey_alpha.tif", ["gray", "alpha"], count=2)
+    with GeoTiffTiler(grey_alpha, size=64) as tiler:
+        assert tiler.bands == (1,)
+    two = _copy_with_colours(landsat_stack, tmp_path / "two.tif", ["gray", "undefined"], count=2)
+    with pytest.raises(ValueError, match="two.tif has 2 bands .* choose the bands"):
+        GeoTiffTiler(two, size=64)
+    three = _copy_with_colours(landsat_stack, tmp_path / "three.tif", ["gray", "undefined", "undefined"], count=3)
+    with GeoTiffTiler(three, size=64) as tiler:  # a 3-band raster is shown as it is stored (the usual convention)
+        assert tiler.bands == (1, 2, 3)
+    for name, path in scene_rasters().items():  # the bundled scenes mark their colours
+        with GeoTiffTiler(path, size=200) as tiler:
+            assert tiler.bands == (1, 2, 3), name
 
 
 def test_bad_rasters_and_settings_get_clear_errors(landsat_stack, tmp_path):
@@ -166,11 +204,11 @@ def test_bad_rasters_and_settings_get_clear_errors(landsat_stack, tmp_path):
     with pytest.raises(ValueError, match="edge must be one of"):
         GeoTiffTiler(landsat_stack, edge="wrap")
     with pytest.raises(ValueError, match="holds no full 1024x1024 tile"):
-        GeoTiffTiler(landsat_stack, size=1024)
+        GeoTiffTiler(landsat_stack, bands=(3, 2, 1), size=1024)
     with pytest.raises(ValueError, match="holds \\['uint16'\\] data: give scale"):
-        GeoTiffTiler(landsat_stack, scale=None)
+        GeoTiffTiler(landsat_stack, bands=(3, 2, 1), scale=None)
     with pytest.raises(ValueError, match="scale must be 'auto', None or \\(low, high\\)"):
-        GeoTiffTiler(landsat_stack, scale=(5, 5))
+        GeoTiffTiler(landsat_stack, bands=(3, 2, 1), scale=(5, 5))
     with pytest.raises(FileNotFoundError, match="raster not found"):
         GeoTiffTiler(tmp_path / "missing.tif")
     not_a_raster = tmp_path / "notes.tif"
@@ -183,5 +221,15 @@ def test_bad_rasters_and_settings_get_clear_errors(landsat_stack, tmp_path):
             out.write(np.zeros((1, 64, 64), dtype=np.uint8))
     with pytest.raises(ValueError, match="has no CRS"):
         GeoTiffTiler(plain, size=32)
-    with GeoTiffTiler(landsat_stack, size=64) as tiler, pytest.raises(IndexError, match="out of range"):
+    with GeoTiffTiler(landsat_stack, size=64, bands=(3, 2, 1)) as tiler, pytest.raises(IndexError, match="out of range"):
         tiler.window(len(tiler))
+
+
+@pytest.mark.battery
+def test_index_build_of_an_unmarked_multiband_raster_asks_for_bands(landsat_stack, nano_dir, tmp_path):
+    """The CLI says which bands to choose instead of embedding bands 1-3 (blue, green, red here) as RGB."""
+    from tests.battery import expect_cli_error, run_cli
+
+    expect_cli_error(run_cli(["index", "build", "--model", nano_dir, "--input", landsat_stack, "--out", tmp_path / "i",
+                              "--tile-size", "200"]),
+                     r"landsat_b2345\.tif has 4 bands", "none marked red, green and blue", r"--bands 4,3,2")

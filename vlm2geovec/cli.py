@@ -758,7 +758,7 @@ def _add_index_parsers(sub) -> None:
     raster = build.add_argument_group("rasters")
     raster.add_argument("--tile-size", type=int, default=256, help="tile width and height in pixels")
     raster.add_argument("--stride", type=int, default=None, help="step between tiles (default: tile size)")
-    raster.add_argument("--bands", default=None, help="1-based bands, e.g. 4,3,2 (default: 1,2,3 or 1)")
+    raster.add_argument("--bands", default=None, help="1-based bands, e.g. 4,3,2 (default: the bands marked red/green/blue, else 1,2,3 of a 3-band or 1 of a 1-band raster; others must name them)")
     raster.add_argument("--max-nodata", type=float, default=0.5, help="skip tiles with more nodata than this share")
     raster.add_argument("--scale", default="auto", help="auto (2-98 percentile stretch), none (uint8) or LOW,HIGH")
     raster.add_argument("--edge", choices=["drop", "pad"], default="drop", help="partial tiles at the edges")

