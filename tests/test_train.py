@@ -7,15 +7,30 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 TASKS = ["S2Lite-SceneCls", "S2Lite-VQA"]
+GROUNDING = ["NEONLite-RefExp", "NEONLite-RegionCaption"]
 
 
 @pytest.fixture(scope="module")
-def lite_dir(tmp_path_factory):
+def lite_tasks():
     from rsmeb_eval.builders.lite import build_lite
+
+    return build_lite(seed=0)
+
+
+@pytest.fixture(scope="module")
+def lite_dir(lite_tasks, tmp_path_factory):
     from rsmeb_eval.dataset_io import write_dataset
 
-    tasks = {name: data for name, data in build_lite(seed=0).items() if name in TASKS}
+    tasks = {name: data for name, data in lite_tasks.items() if name in TASKS}
     return write_dataset(tmp_path_factory.mktemp("lite") / "rsmeb-lite", tasks, "RSMEB-lite subset")
+
+
+@pytest.fixture(scope="module")
+def grounding_dir(lite_tasks, tmp_path_factory):
+    from rsmeb_eval.dataset_io import write_dataset
+
+    tasks = {name: data for name, data in lite_tasks.items() if name in GROUNDING + ["S2Lite-SceneCls"]}
+    return write_dataset(tmp_path_factory.mktemp("grounding") / "rsmeb-lite", tasks, "RSMEB-lite grounding subset")
 
 
 def config(nano_dir, lite_dir, **overrides):
@@ -150,3 +165,103 @@ def test_gradient_checkpointing_is_set_up_used_and_exact(nano_dir, lite_dir, tmp
     for name in g_plain:  # recomputation repeats the same float32 ops: equal up to rounding
         scale = g_plain[name].abs().max().item() + 1e-12
         assert (g_plain[name] - g_ckpt[name]).abs().max().item() <= 1e-5 * scale + 1e-8, name
+
+
+def test_listwise_grounding_rows_take_their_negatives_from_the_same_window(grounding_dir):
+    from datasets import Image
+
+    from rsmeb_eval.registry import get_tasks
+    from vlm2geovec_train.data import NEGATIVE_COLUMN, content_id, row_to_training_item, training_datasets
+
+    datasets, prompts = training_datasets(grounding_dir, GROUNDING + ["S2Lite-SceneCls"],
+                                          n_negatives={"NEONLite-RefExp": 7, "*": 1})
+    refexp = datasets["NEONLite-RefExp"]
+    assert [c for c in refexp.column_names if c.startswith("negative_")] == [NEGATIVE_COLUMN.format(i) for i in range(1, 8)]
+    assert len(datasets["NEONLite-RegionCaption"].column_names) == 4  # anchor, positive, negative_1, label
+    assert set(prompts["NEONLite-RefExp"]) == {"anchor", "positive"} | {NEGATIVE_COLUMN.format(i) for i in range(1, 8)}
+    queries, corpus = get_tasks(["NEONLite-RefExp"])[0].load(grounding_dir, "train")
+    assert len(refexp) == len(queries)
+    crowns = {len(q["candidate_ids"]) for q in queries}
+    assert min(crowns) < 8 and max(crowns) == 8  # some windows have fewer crowns: their draws repeat
+    # A query's candidates are crowns of its own window: (window, text) -> the content ids of its other crowns.
+    boxes = {row["id"]: row for row in corpus}
+    others = {}
+    for q in queries:
+        key = (q["image"]["bytes"], q["text"])
+        others[key] = {content_id(row_to_training_item(boxes[c])) for c in q["candidate_ids"] if c not in q["positive_ids"]}
+    raw = refexp.cast_column("anchor", {**refexp.features["anchor"], "image": Image(decode=False)})
+    for row in raw.select(range(300)):
+        other_crowns = others[(row["anchor"]["image"]["bytes"], row["anchor"]["text"])]
+        negatives = row["label"][1:]
+        assert row["label"][0] not in other_crowns
+        assert set(negatives) == other_crowns  # all of the window's other crowns, repeated to fill 7 columns
+
+
+def test_rows_per_task_mapping_repeats_small_tasks_with_fresh_negatives(grounding_dir):
+    from datasets import Image
+
+    from vlm2geovec_train.data import training_datasets
+
+    capped, _ = training_datasets(grounding_dir, ["S2Lite-SceneCls", "NEONLite-RegionCaption"], max_rows_per_task=100)
+    assert {name: len(d) for name, d in capped.items()} == {"S2Lite-SceneCls": 100, "NEONLite-RegionCaption": 100}
+    sized, _ = training_datasets(grounding_dir, ["S2Lite-SceneCls", "NEONLite-RegionCaption"],
+                                 max_rows_per_task={"NEONLite-RegionCaption": 3000, "*": 150})
+    assert {name: len(d) for name, d in sized.items()} == {"S2Lite-SceneCls": 150, "NEONLite-RegionCaption": 3000}
+    region = sized["NEONLite-RegionCaption"]
+    region = region.cast_column("anchor", {**region.features["anchor"], "image": Image(decode=False)})
+    # 1,124 training queries: each appears 2-3 times, and its negatives are drawn afresh on each pass.
+    by_query: dict[str, list] = {}
+    for row in region:
+        by_query.setdefault(repr((row["anchor"]["image"]["bytes"], row["anchor"]["bbox"])), []).append(row["label"][1])
+    assert max(len(v) for v in by_query.values()) == 3
+    assert sum(len(set(v)) > 1 for v in by_query.values()) > 0.5 * len(by_query)
+
+
+def test_per_task_settings_name_the_bad_entry(grounding_dir):
+    from vlm2geovec_train.data import training_datasets
+
+    with pytest.raises(ValueError, match=r"n_negatives\['NEONLite-RefExp'\]"):
+        training_datasets(grounding_dir, ["NEONLite-RefExp"], n_negatives={"NEONLite-RefExp": "all"})
+    with pytest.raises(ValueError, match="max_rows_per_task: expected"):
+        training_datasets(grounding_dir, ["NEONLite-RefExp"], max_rows_per_task=[10])
+    with pytest.raises(ValueError, match=r"max_rows_per_task\['NEONLite-RefExp'\]"):
+        training_datasets(grounding_dir, ["NEONLite-RefExp"], max_rows_per_task={"*": -5})
+
+
+def test_same_image_batches_hold_whole_windows(grounding_dir):
+    from datasets import Image
+
+    from vlm2geovec_train.data import anchor_image_groups, same_image_batch_sampler, training_datasets
+
+    datasets, _ = training_datasets(grounding_dir, ["NEONLite-RefExp", "S2Lite-SceneCls"],
+                                    max_rows_per_task={"NEONLite-RefExp": 2500, "*": 100})
+    refexp = datasets["NEONLite-RefExp"]
+    raw = refexp.cast_column("anchor", {**refexp.features["anchor"], "image": Image(decode=False)})
+    windows = [row["image"]["bytes"] for row in raw["anchor"]]
+    keys = anchor_image_groups(refexp)
+    assert len(set(windows)) == len({key[0] for key in keys}) > 100
+    # A query repeated to fill 2,500 rows goes to another group than its first copy.
+    assert max(sum(1 for k in keys if k == key) for key in set(keys)) <= 15
+
+    def batches(epoch, drop_last=False):
+        sampler = same_image_batch_sampler(refexp, batch_size=32, drop_last=drop_last, seed=3)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    first = batches(0)
+    assert sorted(i for batch in first for i in batch) == list(range(len(refexp)))  # every row once an epoch
+    assert first == batches(0) and first != batches(1)  # seeded; reshuffled each epoch
+    assert len(batches(0, drop_last=True)) == len(refexp) // 32
+    # Contiguous groups: the windows of a batch are few, and a batch's rows of one window are all of that group
+    # (but the first and last group of a batch may be cut).
+    windows_per_batch = []
+    for batch in first[:-1]:
+        groups = [keys[i] for i in batch]
+        changes = sum(1 for a, b in zip(groups, groups[1:]) if a != b)
+        assert changes == len(set(groups)) - 1
+        windows_per_batch.append(len({key[0] for key in groups}))
+    # 32 random rows of ~220 windows would come from ~30 windows; grouped, from a handful.
+    assert sum(windows_per_batch) / len(windows_per_batch) < 8
+    # Random order for rows without an image anchor: geography rows get one group each.
+    geo = datasets["S2Lite-SceneCls"]  # image anchors, one row per chip: groups of one
+    assert len(set(anchor_image_groups(geo))) == len(geo)
