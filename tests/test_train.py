@@ -265,3 +265,38 @@ def test_same_image_batches_hold_whole_windows(grounding_dir):
     # Random order for rows without an image anchor: geography rows get one group each.
     geo = datasets["S2Lite-SceneCls"]  # image anchors, one row per chip: groups of one
     assert len(set(anchor_image_groups(geo))) == len(geo)
+
+
+def test_recipe_settings_reach_the_data_and_the_trainer(nano_dir, grounding_dir, tmp_path, monkeypatch):
+    """Per-task negatives/rows and the same-image sampler are recipe settings (YAML), not only Python options:
+    a 2-step run gets the listwise rows and the sampler, and bad values are named."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    from vlm2geovec_train import recipe
+    from vlm2geovec_train.data import same_image_batch_sampler
+
+    seen = {}
+    original = SentenceTransformerTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen["args"], seen["datasets"] = kwargs["args"], kwargs["train_dataset"]
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformerTrainer, "__init__", spy)
+    yaml_path = tmp_path / "r.yaml"
+    yaml_path.write_text("n_negatives: {NEONLite-RefExp: 3, '*': 1}\nmax_rows_per_task: {'*': 40}\n"
+                         "batch_sampler: same_image\nmax_steps: 2\nbatch_size: 8\ntemperature: 0.05\n")
+    cfg = recipe.TrainConfig.from_yaml(yaml_path, model=str(nano_dir), data=str(grounding_dir), tasks=GROUNDING)
+    recipe.train(cfg, tmp_path / "out")
+    assert seen["args"].batch_sampler is same_image_batch_sampler
+    refexp, captions = seen["datasets"]["NEONLite-RefExp"], seen["datasets"]["NEONLite-RegionCaption"]
+    assert len(refexp) == len(captions) == 40
+    assert "negative_3" in refexp.column_names and "negative_2" not in captions.column_names
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_sampler: by_image\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: batch_sampler must be one of \['default', 'same_image'\]; "
+                                         r"got 'by_image'"):
+        recipe.TrainConfig.from_yaml(bad)
+    with pytest.raises(ValueError, match="both set: keep one"):
+        recipe.train(recipe.TrainConfig(model=str(nano_dir), data=str(grounding_dir), batch_sampler="same_image",
+                                        extra_args={"batch_sampler": same_image_batch_sampler}), tmp_path / "o2")

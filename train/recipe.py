@@ -27,8 +27,12 @@ class TrainConfig:
     # data
     data: str = "out/rsmeb-lite"
     tasks: list[str] | None = None  # default: every task with a train split in `data`
-    n_negatives: int = 1
-    max_rows_per_task: int | None = None
+    # hard negatives per row, for every task or per task: {task: n, "*": default} (e.g. the other crowns of a window)
+    n_negatives: int | dict[str, int] = 1
+    # an int caps every task's rows; {task: rows, "*": default} gives each task exactly that many (a small task's
+    # queries repeat with fresh negatives), which sets its share of the batches in the proportional task mix
+    max_rows_per_task: int | dict[str, int] | None = None
+    batch_sampler: str = "default"  # "same_image": a window's/chip's queries share batches (in-batch hard negatives)
     # loss
     loss: str = "mnrl"  # "mnrl" or "cached_mnrl" (GradCache)
     temperature: float = 0.02
@@ -59,7 +63,15 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        config = cls(**values)
+        if config.batch_sampler not in BATCH_SAMPLERS:
+            raise ValueError(f"{path}: batch_sampler must be one of {sorted(BATCH_SAMPLERS)}; "
+                             f"got {config.batch_sampler!r}")
+        return config
+
+
+# batch_sampler setting -> the sampler given to sentence-transformers (None: its default)
+BATCH_SAMPLERS = {"default": None, "same_image": "same_image_batch_sampler"}
 
 
 def training_summary(config: TrainConfig, task_rows: dict[str, int], results: dict[str, Any] | None = None) -> str:
@@ -95,14 +107,25 @@ def build_loss(model, config: TrainConfig):
     raise ValueError(f"loss must be 'mnrl' or 'cached_mnrl', got {config.loss!r}")
 
 
+def sampler_argument(name: str, training_data) -> dict[str, Any]:
+    """The trainer's `batch_sampler` argument for a `batch_sampler` setting (nothing for the default)."""
+    if name not in BATCH_SAMPLERS:
+        raise ValueError(f"batch_sampler must be one of {sorted(BATCH_SAMPLERS)}; got {name!r}")
+    sampler = BATCH_SAMPLERS[name]
+    return {} if sampler is None else {"batch_sampler": getattr(training_data, sampler)}
+
+
 def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoint: str | bool | None = None):
     """Train and save to `out_dir` (a VLM2GeoVec checkpoint: AutoModel and SentenceTransformer both load it)."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import MultiDatasetBatchSamplers
 
     from vlm2geovec import load_model
+    from vlm2geovec_train import data as training_data
     from vlm2geovec_train.data import training_datasets
 
+    if config.batch_sampler != "default" and "batch_sampler" in config.extra_args:
+        raise ValueError(f"batch_sampler={config.batch_sampler!r} and extra_args.batch_sampler both set: keep one")
     # 1. Load the model.
     model = load_model(config.model)
     backbone = model[0].model
@@ -145,6 +168,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoin
         eval_strategy="steps" if config.eval_steps else "no",
         eval_steps=config.eval_steps,
         multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
+        **sampler_argument(config.batch_sampler, training_data),
         dataloader_drop_last=True,
         report_to="none",
         disable_tqdm=False,
