@@ -30,6 +30,7 @@ from PIL import Image
 
 from tests.conftest import REPO_ROOT
 from tests.test_space_browser import ensure_chromium
+from tests.test_space_workbench import _write_like
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]
 ARTIFACTS = REPO_ROOT / "out" / "test-artifacts" / "space-workflow"
@@ -77,19 +78,6 @@ def space_url(tmp_path_factory):
     _, url, _ = app.launch(demo, host="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield url.rstrip("/")
     demo.close()
-
-
-def _write_like(source: Path, target: Path, pixels: np.ndarray, **changes) -> Path:
-    """A GeoTIFF with ``source``'s georeferencing and ``pixels`` (bands, rows, cols)."""
-    import rasterio
-
-    with rasterio.open(source) as src:
-        profile = src.profile
-    profile.update(count=pixels.shape[0], height=pixels.shape[1], width=pixels.shape[2], dtype=str(pixels.dtype),
-                   **changes)
-    with rasterio.open(target, "w", **profile) as dst:
-        dst.write(pixels)
-    return target
 
 
 @pytest.fixture(scope="module")

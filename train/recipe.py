@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm2geovec_train.data import same_image_batch_sampler
+
 
 @dataclass
 class TrainConfig:
@@ -54,6 +56,12 @@ class TrainConfig:
     eval_tasks: list[str] | None = None
     extra_args: dict[str, Any] = field(default_factory=dict)  # any other SentenceTransformerTrainingArguments
 
+    def __post_init__(self):
+        if self.batch_sampler not in BATCH_SAMPLERS:
+            raise ValueError(f"batch_sampler must be one of {sorted(BATCH_SAMPLERS)}; got {self.batch_sampler!r}")
+        if self.batch_sampler != "default" and "batch_sampler" in self.extra_args:
+            raise ValueError(f"batch_sampler={self.batch_sampler!r} and extra_args.batch_sampler both set: keep one")
+
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
         import yaml
@@ -63,15 +71,14 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        config = cls(**values)
-        if config.batch_sampler not in BATCH_SAMPLERS:
-            raise ValueError(f"{path}: batch_sampler must be one of {sorted(BATCH_SAMPLERS)}; "
-                             f"got {config.batch_sampler!r}")
-        return config
+        try:
+            return cls(**values)
+        except ValueError as error:  # a bad setting's value, named with the file it came from
+            raise ValueError(f"{path}: {error}") from None
 
 
 # batch_sampler setting -> the sampler given to sentence-transformers (None: its default)
-BATCH_SAMPLERS = {"default": None, "same_image": "same_image_batch_sampler"}
+BATCH_SAMPLERS = {"default": None, "same_image": same_image_batch_sampler}
 
 
 def training_summary(config: TrainConfig, task_rows: dict[str, int], results: dict[str, Any] | None = None) -> str:
@@ -107,25 +114,14 @@ def build_loss(model, config: TrainConfig):
     raise ValueError(f"loss must be 'mnrl' or 'cached_mnrl', got {config.loss!r}")
 
 
-def sampler_argument(name: str, training_data) -> dict[str, Any]:
-    """The trainer's `batch_sampler` argument for a `batch_sampler` setting (nothing for the default)."""
-    if name not in BATCH_SAMPLERS:
-        raise ValueError(f"batch_sampler must be one of {sorted(BATCH_SAMPLERS)}; got {name!r}")
-    sampler = BATCH_SAMPLERS[name]
-    return {} if sampler is None else {"batch_sampler": getattr(training_data, sampler)}
-
-
 def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoint: str | bool | None = None):
     """Train and save to `out_dir` (a VLM2GeoVec checkpoint: AutoModel and SentenceTransformer both load it)."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import MultiDatasetBatchSamplers
 
     from vlm2geovec import load_model
-    from vlm2geovec_train import data as training_data
     from vlm2geovec_train.data import training_datasets
 
-    if config.batch_sampler != "default" and "batch_sampler" in config.extra_args:
-        raise ValueError(f"batch_sampler={config.batch_sampler!r} and extra_args.batch_sampler both set: keep one")
     # 1. Load the model.
     model = load_model(config.model)
     backbone = model[0].model
@@ -168,7 +164,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume_from_checkpoin
         eval_strategy="steps" if config.eval_steps else "no",
         eval_steps=config.eval_steps,
         multi_dataset_batch_sampler=MultiDatasetBatchSamplers.PROPORTIONAL,
-        **sampler_argument(config.batch_sampler, training_data),
+        **({"batch_sampler": BATCH_SAMPLERS[config.batch_sampler]} if config.batch_sampler != "default" else {}),
         dataloader_drop_last=True,
         report_to="none",
         disable_tqdm=False,
