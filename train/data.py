@@ -104,7 +104,7 @@ def training_datasets(data_dir: str | os.PathLike, task_names: list[str] | None 
             raise ValueError(f"{name}: expected a non-negative int or a mapping task -> int, got {setting!r}")
     tasks = get_tasks(task_names) if task_names else [t for t in get_tasks() if has_task(data_dir, t.name)]
     item = item_features()
-    datasets, prompts = {}, {}
+    datasets, prompts, without_rows = {}, {}, []
     for task in tasks:
         negatives = per_task(n_negatives, task.name, "n_negatives")
         negatives = 1 if negatives is None else negatives
@@ -114,6 +114,7 @@ def training_datasets(data_dir: str | os.PathLike, task_names: list[str] | None 
         else:
             rows = task_training_rows(task, data_dir, negatives, seed, max_rows_per_task)
         if not rows:
+            without_rows.append(task.name)
             continue
         columns = {"anchor": item, "positive": item, **{NEGATIVE_COLUMN.format(i + 1): item for i in range(negatives)}}
         features = Features({**columns, "label": List(Value("int64"))})
@@ -122,7 +123,9 @@ def training_datasets(data_dir: str | os.PathLike, task_names: list[str] | None 
         prompts[task.name] = {"anchor": meta.query_instruction, "positive": meta.candidate_instruction or "",
                               **{NEGATIVE_COLUMN.format(i + 1): meta.candidate_instruction or "" for i in range(negatives)}}
     if not datasets:
-        raise ValueError(f"{data_dir}: no training rows (is there a train split?)")
+        names = f" for {', '.join(without_rows)}" if without_rows else ""
+        raise ValueError(f"{data_dir}: no training rows{names} (is there a train split? does max_rows_per_task give "
+                         f"these tasks 0 rows?)")
     return DatasetDict(datasets), prompts
 
 
