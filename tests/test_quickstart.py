@@ -103,6 +103,16 @@ def test_render_table_reports_mean_and_range_over_seeds(tmp_path):
     assert ("3 min 20 s–3 min 21 s wall on 2 CPU cores shared with other jobs (1-minute load average 1.0–3.5, "
             "2 torch threads); 5 min 00 s–5 min 00 s of CPU time, 0.20–0.20 CPU-seconds per training step.") in (
         " ".join(table.split()))
+    # A low load average at the seeds' ends does not hide a run that other jobs slowed: wall time per thread
+    # well past CPU time also says "shared"; one thread whose wall time is its CPU time on idle cores does not.
+    quiet = fake_summary()
+    quiet["environment"]["torch_threads"] = 1
+    for record in quiet["seeds"]:
+        record["load_average_1min"] = [0.5, 1.0]
+    assert "CPU cores (1-minute load average 0.5–1.0" in " ".join(render_table(quiet).split())  # wall 200 s, CPU 300 s
+    for record in quiet["seeds"]:
+        record["timing_s"]["total"] = 600.0
+    assert "CPU cores shared with other jobs (1-minute load average 0.5–1.0" in " ".join(render_table(quiet).split())
     # The one command: --report-only DIR --readme README replaces only the marked block.
     (tmp_path / "summary.json").write_text(__import__("json").dumps(fake_summary()))
     readme = tmp_path / "README.md"

@@ -319,7 +319,10 @@ def _timing_line(summary: dict[str, Any]) -> str:
     cpu = [r["cpu_s"]["total"] for r in records]
     loads = [x for r in records for x in r["load_average_1min"]]
     train = [r["cpu_s"]["train"] / r["max_steps"] for r in records]
-    busy = " shared with other jobs" if max(loads) > env["cpu_count"] else ""
+    # Shared: the load average says so, or a seed's wall time ran well past its CPU time per thread (the load
+    # average is sampled only at each seed's start and end, and misses jobs that ran in between).
+    slowed = any(w > 1.25 * c / max(env["torch_threads"], 1) for w, c in zip(wall, cpu))
+    busy = " shared with other jobs" if max(loads) > env["cpu_count"] or slowed else ""
     return (f"Time per seed after set-up (nano, two evaluations, training): {_minutes(min(wall))}–{_minutes(max(wall))} "
             f"wall on {env['cpu_count']} CPU cores{busy} (1-minute load average "
             f"{min(loads):.1f}–{max(loads):.1f}, {env['torch_threads']} torch thread"
