@@ -92,7 +92,8 @@ def training_datasets(data_dir: str | os.PathLike, task_names: list[str] | None 
     other crowns of a window for referring expressions: a listwise loss over the window's crowns).
     `max_rows_per_task`: an int caps every task's rows; a mapping (``{task: rows, "*": default}``) gives each task
     that many rows -- cut, or repeated with fresh negative draws -- which sets the task's share of the batches
-    (the trainer draws tasks in proportion to their rows).
+    (the trainer draws tasks in proportion to their rows); in a mapping, None is every row and 0 leaves the task
+    out of training.
     """
     from datasets import Dataset, DatasetDict, Features, List, Value
 
