@@ -35,11 +35,12 @@ def main(data: str) -> None:
     for split in ("train", "test"):
         queries, corpus = load_task(data, "S2Lite-Neighbour", split)
         chips = {row["id"]: rgb(row["image"]) for row in corpus}
+        references = [rgb(q["image"]) for q in queries]  # decoded once, used for every strip width
+        directions = [q["query_id"].rsplit("_", 1)[1] for q in queries]  # "<reference chip id>_<direction>"
         for w in (4, 8, 16, 32):
             facing = whole = 0
-            for q in queries:
-                direction = q["text"].split()[5]  # "the tile directly to the <direction> of this one"
-                edge = strip(rgb(q["image"]), direction, w)
+            for q, reference, direction in zip(queries, references, directions):
+                edge = strip(reference, direction, w)
                 pick_a = min(q["candidate_ids"], key=lambda c: np.abs(strip(chips[c], FACING[direction], w) - edge).sum())
                 pick_b = min(q["candidate_ids"], key=lambda c: np.abs(chips[c].reshape(-1, 3).mean(0) - edge).sum())
                 facing += pick_a in q["positive_ids"]
