@@ -17,17 +17,25 @@ def test_quickstart_learns_on_held_out_tasks(tmp_path):
     assert main(["quickstart", "--out", str(out), "--max-steps", "250", "--tasks", *TASKS]) == 0
     before = json.loads((out / "before" / "results.json").read_text())
     after = json.loads((out / "after" / "results.json").read_text())
+    from collections import Counter
+
+    from rsmeb_eval.dataset_io import load_task
+
     for name in TASKS:
         b, a = before["tasks"][name], after["tasks"][name]
-        # Untrained: at most a little above chance. Trained: clearly above both (seen: +0.36 to +0.52).
-        assert b["score"] <= b["chance"] + 0.1, (name, b)
+        # Untrained: at most a little above chance, or above always naming the test set's commonest answer (55% of
+        # the Sentinel-2 test chips are water). Trained: clearly above both (seen: +0.36 to +0.52).
+        positives = Counter(q["positive_ids"][0] for q in load_task(out / "rsmeb-lite", name, "test")[0])
+        commonest = max(positives.values()) / sum(positives.values())
+        assert b["score"] <= max(b["chance"], commonest) + 0.1, (name, b, commonest)
         assert a["score"] >= b["score"] + 0.15 and a["score"] >= a["chance"] + 0.15, (name, b["score"], a["score"])
     assert after["overall"] >= before["overall"] + 0.2
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "| S2Lite-VQA |" in (out / "report.md").read_text()
     card = (out / "model" / "README.md").read_text()
-    # the quick preset caps training rows at 1,200 per task
-    assert "| S2Lite-VQA | 1200 |" in card and "| learning_rate | 0.001 |" in card and "### RSMEB" in card
+    # the quick preset trains on every row of a task
+    vqa_rows = len(load_task(out / "rsmeb-lite", "S2Lite-VQA", "train")[0])
+    assert f"| S2Lite-VQA | {vqa_rows} |" in card and "| learning_rate | 0.001 |" in card and "### RSMEB" in card
 
     # The trained checkpoint loads both ways and gives the same vectors.
     import torch
@@ -52,7 +60,8 @@ SUMMARY = "docs/quickstart/summary.json"
 
 def test_readme_table_is_rendered_from_the_committed_artifact():
     from tests.conftest import REPO_ROOT
-    from vlm2geovec_train.quickstart import TABLE_END, TABLE_START, load_summary, render_table, replace_readme_table
+    from vlm2geovec_train.quickstart import (PRESETS, TABLE_END, TABLE_START, load_summary, render_table,
+                                             replace_readme_table)
 
     summary = load_summary(REPO_ROOT / SUMMARY)
     seeds = [record["seed"] for record in summary["seeds"]]
@@ -61,7 +70,7 @@ def test_readme_table_is_rendered_from_the_committed_artifact():
 
     assert len(seeds) == 3
     for record in summary["seeds"]:  # a full nano recipe run on all nine RSMEB-lite tasks, really timed
-        assert record["max_steps"] == 500 and record["timing_s"]["train"] > 0  # the "quick" preset
+        assert record["max_steps"] == PRESETS["quick"]["max_steps"] and record["timing_s"]["train"] > 0
         # the artifact comes from the RSMEB-lite the builder makes now: same tasks, same test sizes
         assert {name: task["n_queries"] for name, task in record["tasks"].items()} == TEST_QUERIES
         for task in record["tasks"].values():  # every score has its bootstrap interval around it
@@ -176,6 +185,6 @@ def test_seed_spread_and_family_verdict():
 def test_unknown_preset_is_refused(tmp_path):
     from vlm2geovec_train.quickstart import PRESETS, quickstart
 
-    assert PRESETS["full"]["max_steps"] == 4 * PRESETS["quick"]["max_steps"]
+    assert PRESETS["full"]["max_steps"] == 2 * PRESETS["quick"]["max_steps"]
     with pytest.raises(ValueError, match="preset: expected one of"):
         quickstart(tmp_path, preset="fast")

@@ -229,27 +229,24 @@ def test_per_task_settings_name_the_bad_entry(grounding_dir):
 
 
 def test_quickstart_presets_train_region_captions_and_leave_referring_expressions_out(grounding_dir):
-    """The presets' data settings (issue 16): RefExp gets no rows, RegionCaption twice the rows with its window's
-    other captions as 7 negatives; `"*": None` (full) keeps every row; a task list left without rows is named."""
+    """The presets' data settings (issue 16): RefExp gets no rows, RegionCaption its window's other captions as 7
+    negatives, every other task all its rows (`"*": None`); a task list left without rows is named."""
     from rsmeb_eval.registry import get_tasks
     from vlm2geovec_train.data import training_datasets
     from vlm2geovec_train.quickstart import PRESETS
 
     tasks = GROUNDING + ["S2Lite-SceneCls"]
-    quick = PRESETS["quick"]
-    datasets, _ = training_datasets(grounding_dir, tasks, n_negatives=quick["n_negatives"],
-                                    max_rows_per_task=quick["max_rows_per_task"])
-    assert {name: len(d) for name, d in datasets.items()} == {"NEONLite-RegionCaption": 2400, "S2Lite-SceneCls": 1200}
-    assert "negative_7" in datasets["NEONLite-RegionCaption"].column_names
-    assert "negative_2" not in datasets["S2Lite-SceneCls"].column_names
-    full = PRESETS["full"]
-    datasets, _ = training_datasets(grounding_dir, tasks, n_negatives=full["n_negatives"],
-                                    max_rows_per_task=full["max_rows_per_task"])
-    every_row = {name: len(get_tasks([name])[0].load(grounding_dir, "train")[0]) for name in datasets}
-    assert "NEONLite-RefExp" not in datasets and {name: len(d) for name, d in datasets.items()} == every_row
-    assert quick["batch_sampler"] == full["batch_sampler"] == "same_image"
-    with pytest.raises(ValueError, match=r"no training rows for NEONLite-RefExp \(.*0 rows"):
-        training_datasets(grounding_dir, ["NEONLite-RefExp"], max_rows_per_task=quick["max_rows_per_task"])
+    for preset in PRESETS.values():
+        datasets, _ = training_datasets(grounding_dir, tasks, n_negatives=preset["n_negatives"],
+                                        max_rows_per_task=preset["max_rows_per_task"])
+        every_row = {name: len(get_tasks([name])[0].load(grounding_dir, "train")[0]) for name in datasets}
+        assert set(datasets) == {"NEONLite-RegionCaption", "S2Lite-SceneCls"}
+        assert {name: len(d) for name, d in datasets.items()} == every_row
+        assert "negative_7" in datasets["NEONLite-RegionCaption"].column_names
+        assert "negative_2" not in datasets["S2Lite-SceneCls"].column_names
+        assert preset["batch_sampler"] == "same_image"
+        with pytest.raises(ValueError, match=r"no training rows for NEONLite-RefExp \(.*0 rows"):
+            training_datasets(grounding_dir, ["NEONLite-RefExp"], max_rows_per_task=preset["max_rows_per_task"])
 
 
 def test_same_image_batches_hold_whole_windows(grounding_dir):

