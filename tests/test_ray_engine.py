@@ -166,9 +166,31 @@ def _worker_pids(marker: str) -> list[int]:
     return pids
 
 
+@pytest.fixture
+def long_corpus_jsonl(corpus_jsonl, tmp_path):
+    """The corpus three times over (24 one-item chunks; text lines made distinct): killing a run midway must not
+    depend on catching an 8-chunk run in the fraction of a second it takes on an idle machine -- on a loaded one the
+    watcher can be starved until the run has ended (seen in CI: "no replica was running to be killed")."""
+    folder = tmp_path / "long-corpus"
+    shutil.copytree(corpus_jsonl.parent, folder)
+    lines = (folder / "items.jsonl").read_text().splitlines()
+    copies = []
+    for copy in range(3):
+        for line in lines:
+            item = json.loads(line)
+            if isinstance(item, dict) and "id" in item:
+                item = {**item, "id": f"{item['id']}-{copy}"}
+            elif isinstance(item, str):
+                item = f"{item} ({copy})"
+            copies.append(json.dumps(item))
+    (folder / "items.jsonl").write_text("\n".join(copies) + "\n")
+    return folder / "items.jsonl"
+
+
 @pytest.mark.slow
-def test_a_killed_worker_and_a_killed_run_finish_with_the_same_result(ray_cluster, model, nano_dir, corpus_jsonl,
+def test_a_killed_worker_and_a_killed_run_finish_with_the_same_result(ray_cluster, model, nano_dir, long_corpus_jsonl,
                                                                       tmp_path, capsys):
+    corpus_jsonl, n_chunks = long_corpus_jsonl, 24
     build_corpus_index(model, open_source(corpus_jsonl), tmp_path / "local", chunk_size=1, show_progress_bar=False)
     source = open_source(corpus_jsonl)
     parts = tmp_path / "ray" / "parts"
@@ -192,12 +214,12 @@ def test_a_killed_worker_and_a_killed_run_finish_with_the_same_result(ray_cluste
             killed = _worker_pids("ItemEmbedder")[:1]
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
+        time.sleep(0.05)
     thread.join(600)
     assert killed, "no replica was running to be killed"
     if errors:  # a run that gave up is resumed by the next one; it must not leave wrong chunks behind
         assert embed_chunks_ray(model, str(nano_dir), source, tmp_path / "ray", chunk_size=1, show_progress_bar=False)
-    assert len(list(parts.glob("chunk-*.npz"))) == 8
+    assert len(list(parts.glob("chunk-*.npz"))) == n_chunks
 
     # 2. the whole run (the driver, joined to the cluster with --address) is killed midway; the rerun resumes
     out = tmp_path / "killed-run"
@@ -208,15 +230,15 @@ def test_a_killed_worker_and_a_killed_run_finish_with_the_same_result(ray_cluste
     try:
         deadline = time.monotonic() + 300
         while process.poll() is None and time.monotonic() < deadline and not list((out / "parts").glob("chunk-*")):
-            time.sleep(0.2)
+            time.sleep(0.05)
     finally:
         process.kill()
         process.wait()
     finished = len(list((out / "parts").glob("chunk-*.npz")))
-    assert 1 <= finished < 8, f"the run was to be killed midway; it had written {finished} of 8 chunks"
+    assert 1 <= finished < n_chunks, f"the run was to be killed midway; it had written {finished} of {n_chunks} chunks"
     assert main(["index", "build", "--model", str(nano_dir), "--input", str(corpus_jsonl), "--out", str(out),
                  "--chunk-size", "1", "--engine", "ray", "--quiet"]) == 0
-    assert f"resuming: {finished} of 8 chunks already embedded" in capsys.readouterr().err
+    assert f"resuming: {finished} of {n_chunks} chunks already embedded" in capsys.readouterr().err
 
     from vlm2geovec.corpus import index_from_parts
 
