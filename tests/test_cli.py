@@ -98,11 +98,15 @@ def test_quickstart_seeds_option_runs_one_quickstart_per_seed(monkeypatch, tmp_p
 
     calls = []
     monkeypatch.setattr(qs, "quickstart_seeds", lambda out, seeds, **kw: calls.append(("seeds", list(seeds), kw)))
-    monkeypatch.setattr(qs, "quickstart", lambda out, **kw: calls.append(("one", kw["seed"])))
+    monkeypatch.setattr(qs, "quickstart", lambda out, **kw: calls.append(("one", kw["seed"], kw["preset"])))
     assert main(["quickstart", "--out", str(tmp_path), "--seeds", "0", "1", "2", "--max-steps", "5"]) == 0
     assert main(["quickstart", "--out", str(tmp_path), "--seed", "4"]) == 0
-    assert calls == [("seeds", [0, 1, 2], {"max_steps": 5, "tasks": None, "family": "qwen2_vl", "data_dir": None}),
-                     ("one", 4)]
+    assert main(["quickstart", "--out", str(tmp_path), "--seed", "5", "--preset", "full"]) == 0
+    assert calls == [("seeds", [0, 1, 2], {"max_steps": 5, "tasks": None, "family": "qwen2_vl", "data_dir": None,
+                                           "preset": "quick"}),
+                     ("one", 4, "quick"), ("one", 5, "full")]
     calls.clear()
-    assert main(["quickstart", "--out", str(tmp_path), "--seeds", "1", "--family", "qwen3_vl", "--data", "D"]) == 0
-    assert calls == [("seeds", [1], {"max_steps": None, "tasks": None, "family": "qwen3_vl", "data_dir": "D"})]
+    assert main(["quickstart", "--out", str(tmp_path), "--seeds", "1", "--family", "qwen3_vl", "--data", "D",
+                 "--preset", "full"]) == 0
+    assert calls == [("seeds", [1], {"max_steps": None, "tasks": None, "family": "qwen3_vl", "data_dir": "D",
+                                     "preset": "full"})]

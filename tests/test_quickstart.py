@@ -83,6 +83,22 @@ def test_readme_table_is_rendered_from_the_committed_artifact():
     assert replace_readme_table(readme, render_table(summary)) == readme  # the render command changes nothing
 
 
+def test_full_preset_artifact_is_current_and_its_report_rendered_from_it():
+    """docs/quickstart/full: three seeds of the current `full` preset on the current RSMEB-lite, report.md rendered
+    from summary.json (so the numbers quoted in the docs come from a real run of these settings)."""
+    from tests.conftest import REPO_ROOT
+    from tests.test_rsmeb_lite import TEST_QUERIES
+    from vlm2geovec_train.quickstart import PRESETS, load_summary, render_table
+
+    summary = load_summary(REPO_ROOT / "docs/quickstart/full")
+    assert [record["seed"] for record in summary["seeds"]] == [0, 1, 2]
+    for record in summary["seeds"]:
+        assert record["max_steps"] == PRESETS["full"]["max_steps"] and record["timing_s"]["train"] > 0
+        assert {name: task["n_queries"] for name, task in record["tasks"].items()} == TEST_QUERIES
+    report = (REPO_ROOT / "docs/quickstart/full/report.md").read_text(encoding="utf-8")
+    assert report.split("\n", 2)[2] == render_table(summary) + "\n"
+
+
 def fake_summary(seeds=(0, 1)):
     def run(seed):
         delta = 0.1 * seed
@@ -185,6 +201,6 @@ def test_seed_spread_and_family_verdict():
 def test_unknown_preset_is_refused(tmp_path):
     from vlm2geovec_train.quickstart import PRESETS, quickstart
 
-    assert PRESETS["full"]["max_steps"] == 2 * PRESETS["quick"]["max_steps"]
+    assert PRESETS["full"]["max_steps"] == 4 * PRESETS["quick"]["max_steps"]
     with pytest.raises(ValueError, match="preset: expected one of"):
         quickstart(tmp_path, preset="fast")

@@ -249,6 +249,36 @@ def test_quickstart_presets_train_region_captions_and_leave_referring_expression
             training_datasets(grounding_dir, ["NEONLite-RefExp"], max_rows_per_task=preset["max_rows_per_task"])
 
 
+def test_full_preset_ranks_each_neighbour_row_against_its_other_neighbours(lite_tasks, tmp_path):
+    """`full` trains S2Lite-Neighbour as it is tested: the target against the 3 other neighbours of the same chip
+    (quick: one of them)."""
+    from datasets import Image
+
+    from rsmeb_eval.dataset_io import write_dataset
+    from rsmeb_eval.registry import get_tasks
+    from vlm2geovec_train.data import content_id, row_to_training_item, training_datasets
+    from vlm2geovec_train.quickstart import PRESETS
+
+    data_dir = write_dataset(tmp_path / "rsmeb-lite", {"S2Lite-Neighbour": lite_tasks["S2Lite-Neighbour"]}, "subset")
+    queries, corpus = get_tasks(["S2Lite-Neighbour"])[0].load(data_dir, "train")
+    chips = {row["id"]: content_id(row_to_training_item(row)) for row in corpus}
+    others = {(q["image"]["bytes"], q["text"]): {chips[c] for c in q["candidate_ids"] if c not in q["positive_ids"]}
+              for q in queries}
+    assert len(others) == len(queries) > 100 and {len(o) for o in others.values()} == {3}
+    for preset, n_negatives in (("full", 3), ("quick", 1)):
+        datasets, _ = training_datasets(data_dir, ["S2Lite-Neighbour"], n_negatives=PRESETS[preset]["n_negatives"],
+                                        max_rows_per_task=PRESETS[preset]["max_rows_per_task"])
+        rows = datasets["S2Lite-Neighbour"]
+        assert len(rows) == len(queries)
+        assert sum(c.startswith("negative_") for c in rows.column_names) == n_negatives
+        raw = rows.cast_column("anchor", {**rows.features["anchor"], "image": Image(decode=False)})
+        for row in raw:
+            other_chips = others[(row["anchor"]["image"]["bytes"], row["anchor"]["text"])]
+            assert row["label"][0] not in other_chips
+            negatives = set(row["label"][1:])
+            assert negatives == other_chips if preset == "full" else negatives < other_chips
+
+
 def test_same_image_batches_hold_whole_windows(grounding_dir):
     from datasets import Image
 
