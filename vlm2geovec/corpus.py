@@ -362,10 +362,7 @@ def open_source(input: str | os.PathLike, *, split: str | None = None, config: s
         if path.exists():
             _check_parquet_files(path, config)
         try:
-            if path.is_file() and path.suffix.lower() == ".parquet":
-                loaded = datasets.load_dataset("parquet", data_files=text, split="train")
-            else:
-                loaded = load_dataset_fresh(text, config, split=split or "train")  # never a stale cache of a folder
+            loaded = load_dataset_fresh(text, config, split=split or "train")  # never a stale or shared cache
         except Exception as error:  # datasets raises many types (DatasetGenerationError, ArrowInvalid, ...)
             reason = (str(error).strip().splitlines() or [""])[0][:300]
             raise ValueError(f"{text}: cannot load it as a dataset ({type(error).__name__}: {reason})") from None

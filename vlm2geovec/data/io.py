@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_write", "load_dataset_fresh"]
@@ -21,15 +24,39 @@ def atomic_write(path: Path, writer) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_process_cache: dict[int, Path] = {}
+
+
+def _private_cache_dir() -> Path:
+    """A new folder for one load, inside a folder of this process's own (under the temporary directory, `TMPDIR`),
+    removed when the process exits -- also a forked multiprocessing child, which leaves through ``os._exit``."""
+    import multiprocessing.util
+
+    root = _process_cache.get(os.getpid())
+    if root is None or not root.is_dir():
+        root = _process_cache[os.getpid()] = Path(tempfile.mkdtemp(prefix="vlm2geovec-datasets-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        multiprocessing.util.Finalize(None, shutil.rmtree, args=(root,), kwargs={"ignore_errors": True}, exitpriority=0)
+    return Path(tempfile.mkdtemp(prefix="load-", dir=root))
+
+
 def load_dataset_fresh(path: str | os.PathLike, config: str | None = None, split: str | None = None):
     """`datasets.load_dataset`, except that a local folder is always read as it is on disk now.
 
     datasets caches a local folder's configs under a key made from their file *patterns* (``data/T/test*.parquet``),
     not from the files' contents or times, so a folder rebuilt in place (every quickstart writes ``rsmeb-lite``) would
-    be served from the Arrow cache of an earlier build, silently. A local folder is therefore prepared again on every
-    load (its old cache entry replaced); Hub ids keep datasets' own caching, keyed on their revision.
+    be served from the Arrow cache of an earlier build, silently. Preparing it again in that shared cache
+    (``force_redownload``) is no cure: it deletes the entry under any other process reading the same folder at that
+    moment (seeds or ranks run side by side: FileNotFoundError). So a local folder is prepared into a cache of this
+    load's own, in a folder of this process's that is removed at exit (a local ``.parquet`` file too); Hub ids keep
+    datasets' own caching, keyed on their revision.
     """
     import datasets
 
-    fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if os.path.isdir(path) else {}
-    return datasets.load_dataset(os.fspath(path), config, split=split, **fresh)
+    if os.path.isfile(path) and os.fspath(path).lower().endswith(".parquet"):  # one local file: the same, one split
+        return datasets.load_dataset("parquet", data_files=os.fspath(path), split=split or "train",
+                                     cache_dir=os.fspath(_private_cache_dir()), verification_mode="no_checks")
+    if not os.path.isdir(path):
+        return datasets.load_dataset(os.fspath(path), config, split=split)
+    return datasets.load_dataset(os.fspath(path), config, split=split, cache_dir=os.fspath(_private_cache_dir()),
+                                 verification_mode="no_checks")
