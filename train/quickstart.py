@@ -50,7 +50,7 @@ _REGION_TRAINING = {"n_negatives": {"NEONLite-RegionCaption": 7, "*": 1}, "batch
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"max_steps": 1000, **_REGION_TRAINING},
     "full": {"max_steps": 4000, **_REGION_TRAINING,
-             "n_negatives": {"NEONLite-RegionCaption": 7, "S2Lite-Neighbour": 3, "*": 1}},
+             "n_negatives": {**_REGION_TRAINING["n_negatives"], "S2Lite-Neighbour": 3}},
 }
 
 TABLE_START, TABLE_END = "<!-- quickstart-table:start -->", "<!-- quickstart-table:end -->"

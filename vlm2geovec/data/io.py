@@ -53,10 +53,12 @@ def load_dataset_fresh(path: str | os.PathLike, config: str | None = None, split
     """
     import datasets
 
-    if os.path.isfile(path) and os.fspath(path).lower().endswith(".parquet"):  # one local file: the same, one split
-        return datasets.load_dataset("parquet", data_files=os.fspath(path), split=split or "train",
-                                     cache_dir=os.fspath(_private_cache_dir()), verification_mode="no_checks")
-    if not os.path.isdir(path):
-        return datasets.load_dataset(os.fspath(path), config, split=split)
-    return datasets.load_dataset(os.fspath(path), config, split=split, cache_dir=os.fspath(_private_cache_dir()),
-                                 verification_mode="no_checks")
+    path = os.fspath(path)
+    if os.path.isfile(path) and path.lower().endswith(".parquet"):  # one local file: one split, "train"
+        args, kwargs = ("parquet",), {"data_files": path, "split": split or "train"}
+    elif os.path.isdir(path):
+        args, kwargs = (path, config), {"split": split}
+    else:
+        return datasets.load_dataset(path, config, split=split)
+    private = {"cache_dir": os.fspath(_private_cache_dir()), "verification_mode": "no_checks"}
+    return datasets.load_dataset(*args, **kwargs, **private)
